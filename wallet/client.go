@@ -1,0 +1,297 @@
+package wallet
+
+import (
+	"bytes"
+	"context"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Transport failures. A call that ends in one of these has an unknown
+// outcome: the wallet may or may not have processed it.
+var (
+	// ErrTimeout: the wallet did not answer within the call's deadline.
+	ErrTimeout = errors.New("wallet: timed out")
+	// ErrUnavailable: connection refused or reset, a body that is not a JSON
+	// object (an HTML 5xx from a gateway), or a body over the size limit.
+	ErrUnavailable = errors.New("wallet: unavailable")
+)
+
+// ErrMalformed: an S answer that lacks what it must carry.
+var ErrMalformed = errors.New("wallet: malformed success answer")
+
+// Client signs and sends requests to one wallet base URL. It never follows
+// redirects and never dials anything but BaseURL's host. Safe for concurrent
+// use once built.
+type Client struct {
+	// BaseURL is scheme, host and an optional path prefix (/api, /openapi).
+	BaseURL *url.URL
+	// ClientID is sent as Client-Id and signed.
+	ClientID string
+	// Keys yields the merchant signing key for each request.
+	Keys KeySource
+	// WalletKey, when set, must verify every JSON response.
+	WalletKey *rsa.PublicKey
+	// HTTP is the client used; nil means a default that does not follow redirects.
+	HTTP *http.Client
+	// Timeout bounds one call (default 10s); the caller's ctx may end it sooner.
+	Timeout time.Duration
+	// MaxResponseBytes refuses larger bodies with ErrUnavailable (default 8 MiB).
+	MaxResponseBytes int64
+	// Now is the clock for Request-Time (default time.Now).
+	Now func() time.Time
+}
+
+// NewHTTPClient returns an http.Client for the wallet: no redirects,
+// bounded idle connections, no cookie jar.
+func NewHTTPClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	tr.ResponseHeaderTimeout = 0 // the call's context bounds it
+	return &http.Client{
+		Transport: tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+}
+
+// Response is a wallet answer that is a JSON object.
+type Response struct {
+	StatusCode int
+	// Header holds the headers worth returning to the app:
+	// Content-Type, Response-Time, Signature.
+	Header http.Header
+	Body   []byte
+	// Result is the body's result object (zero when it has none).
+	Result Result
+	// Path is the path the call was made for, without prefix or query.
+	Path string
+}
+
+// URI is the path the wallet sees for path+query: the base URL's prefix,
+// the path, and the raw query if any. It is what gets signed.
+func (c *Client) URI(path, rawQuery string) string {
+	uri := strings.TrimRight(c.BaseURL.EscapedPath(), "/") + path
+	if rawQuery != "" {
+		uri += "?" + rawQuery
+	}
+	return uri
+}
+
+// Call signs body for path (and rawQuery) and POSTs it. It returns the
+// answer when the wallet answered with a JSON object, whatever the HTTP
+// status and result; otherwise an error wrapping ErrTimeout, ErrUnavailable
+// or ErrBadSignature. header adds pass-through headers (traceparent,
+// X-Request-Id); protocol headers in it are ignored.
+func (c *Client) Call(ctx context.Context, path, rawQuery string, body []byte, header http.Header) (*Response, error) {
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	sk, err := c.Keys.SigningKey()
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	uri := c.URI(path, rawQuery)
+	now := time.Now
+	if c.Now != nil {
+		now = c.Now
+	}
+	reqTime := FormatTime(now())
+	sig, err := Sign(sk.Key, SigningContent(http.MethodPost, uri, c.ClientID, reqTime, body))
+	if err != nil {
+		return nil, err
+	}
+
+	target := *c.BaseURL
+	target.Path, target.RawPath, target.RawQuery, target.Fragment = "", "", "", ""
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.String()+uri, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("build wallet request: %w", err)
+	}
+	for _, h := range []string{"Traceparent", "Tracestate", "X-Request-Id"} {
+		if v := header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	req.Header.Set("Content-Type", "application/json; charset=UTF-8")
+	req.Header.Set(HeaderClientID, c.ClientID)
+	req.Header.Set(HeaderRequestTime, reqTime)
+	req.Header.Set(HeaderKeyVersion, sk.Version)
+	req.Header.Set(HeaderSignature, FormatSignatureHeader(sk.Version, sig))
+
+	hc := c.HTTP
+	if hc == nil {
+		hc = defaultHTTP
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, transportError(ctx, err)
+	}
+	defer resp.Body.Close()
+	limit := c.MaxResponseBytes
+	if limit <= 0 {
+		limit = 8 << 20
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, transportError(ctx, err)
+	}
+	if int64(len(raw)) > limit {
+		return nil, fmt.Errorf("%w: response over %d bytes", ErrUnavailable, limit)
+	}
+	var env struct {
+		Result *Result `json:"result"`
+	}
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &env) != nil {
+		return nil, fmt.Errorf("%w: HTTP %d with a body that is not a JSON object", ErrUnavailable, resp.StatusCode)
+	}
+	out := &Response{
+		StatusCode: resp.StatusCode,
+		Header:     http.Header{},
+		Body:       raw,
+		Path:       path,
+	}
+	if env.Result != nil {
+		out.Result = *env.Result
+	}
+	for _, h := range []string{"Content-Type", HeaderResponseTime, HeaderSignature} {
+		if v := resp.Header.Get(h); v != "" {
+			out.Header.Set(h, v)
+		}
+	}
+	if c.WalletKey != nil {
+		if err := c.verify(uri, resp.Header, raw); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (c *Client) verify(uri string, h http.Header, body []byte) error {
+	sh, err := ParseSignatureHeader(h.Get(HeaderSignature))
+	if err != nil {
+		return fmt.Errorf("verify wallet response: %w", ErrBadSignature)
+	}
+	rt := h.Get(HeaderResponseTime)
+	if rt == "" {
+		return fmt.Errorf("verify wallet response: no Response-Time: %w", ErrBadSignature)
+	}
+	if err := Verify(c.WalletKey, SigningContent(http.MethodPost, uri, c.ClientID, rt, body), sh.Signature); err != nil {
+		return fmt.Errorf("verify wallet response: %w", err)
+	}
+	return nil
+}
+
+var defaultHTTP = NewHTTPClient()
+
+func transportError(ctx context.Context, err error) error {
+	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", ErrTimeout, context.Cause(ctx))
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // drop the URL: nothing secret in it, but no need to repeat it
+		if ue.Timeout() {
+			return fmt.Errorf("%w: %v", ErrTimeout, err)
+		}
+	}
+	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+}
+
+// TokenResponse is an applyToken S answer. Tokens are Secrets.
+type TokenResponse struct {
+	CustomerID         string
+	AccessToken        Secret
+	AccessTokenExpiry  time.Time
+	RefreshToken       Secret
+	RefreshTokenExpiry time.Time // zero: the wallet gave none
+}
+
+// ParseTokenResponse reads an applyToken S answer. It returns ErrMalformed
+// unless customerId (a valid customer id), accessToken, refreshToken and a
+// parseable accessTokenExpiryTime are present, and a present
+// refreshTokenExpiryTime parses.
+func ParseTokenResponse(body []byte) (*TokenResponse, error) {
+	var m struct {
+		CustomerID             string `json:"customerId"`
+		AccessToken            string `json:"accessToken"`
+		AccessTokenExpiryTime  string `json:"accessTokenExpiryTime"`
+		RefreshToken           string `json:"refreshToken"`
+		RefreshTokenExpiryTime string `json:"refreshTokenExpiryTime"`
+	}
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, fmt.Errorf("%w: not JSON", ErrMalformed)
+	}
+	if ValidCustomerID(m.CustomerID) != nil {
+		return nil, fmt.Errorf("%w: customerId missing or invalid", ErrMalformed)
+	}
+	if m.AccessToken == "" || m.RefreshToken == "" {
+		return nil, fmt.Errorf("%w: token missing", ErrMalformed)
+	}
+	ate, err := ParseDateTime(m.AccessTokenExpiryTime)
+	if err != nil {
+		return nil, fmt.Errorf("%w: accessTokenExpiryTime: %v", ErrMalformed, err)
+	}
+	tr := &TokenResponse{
+		CustomerID:        m.CustomerID,
+		AccessToken:       Secret(m.AccessToken),
+		AccessTokenExpiry: ate,
+		RefreshToken:      Secret(m.RefreshToken),
+	}
+	if m.RefreshTokenExpiryTime != "" {
+		if tr.RefreshTokenExpiry, err = ParseDateTime(m.RefreshTokenExpiryTime); err != nil {
+			return nil, fmt.Errorf("%w: refreshTokenExpiryTime: %v", ErrMalformed, err)
+		}
+	}
+	return tr, nil
+}
+
+// ApplyToken calls an applyToken path with body (already complete, unsigned)
+// and returns the parsed pair on S, or *Error for F and U, or a transport
+// error (ErrTimeout, ErrUnavailable, ErrBadSignature), or ErrMalformed.
+// The raw answer is returned too when there is one.
+func (c *Client) ApplyToken(ctx context.Context, path string, body []byte, header http.Header) (*TokenResponse, *Response, error) {
+	resp, err := c.Call(ctx, path, "", body, header)
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.Result.ResultStatus != StatusSuccess {
+		return nil, resp, &Error{HTTPStatus: resp.StatusCode, Result: resp.Result}
+	}
+	tr, err := ParseTokenResponse(resp.Body)
+	if err != nil {
+		return nil, resp, err
+	}
+	return tr, resp, nil
+}
+
+// RefreshBody builds the applyToken body that presents refreshToken,
+// replaying the fields kept from the exchange (appId, authClientId,
+// customerBelongsTo, extendInfo, ...). grantType and the token fields of
+// replay are ignored.
+func RefreshBody(refreshToken Secret, replay map[string]json.RawMessage) ([]byte, error) {
+	m := make(map[string]any, len(replay)+2)
+	for k, v := range replay {
+		switch k {
+		case "grantType", "authCode", "refreshToken", "accessToken":
+			continue
+		}
+		m[k] = v
+	}
+	m["grantType"] = "REFRESH_TOKEN"
+	m["refreshToken"] = refreshToken.Reveal()
+	return json.Marshal(m)
+}
