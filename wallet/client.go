@@ -47,6 +47,8 @@ type Client struct {
 	MaxResponseBytes int64
 	// Now is the clock for Request-Time (default time.Now).
 	Now func() time.Time
+	// Metrics, when set, counts every call.
+	Metrics *Metrics
 }
 
 // NewHTTPClient returns an http.Client for the wallet: no redirects,
@@ -92,6 +94,22 @@ func (c *Client) URI(path, rawQuery string) string {
 // or ErrBadSignature. header adds pass-through headers (traceparent,
 // X-Request-Id); protocol headers in it are ignored.
 func (c *Client) Call(ctx context.Context, path, rawQuery string, body []byte, header http.Header) (*Response, error) {
+	start := time.Now()
+	resp, err := c.call(ctx, path, rawQuery, body, header)
+	switch {
+	case err == nil:
+		c.Metrics.observe(path, true, resp.Result.ResultStatus, resp.Result.ResultCode, time.Since(start))
+	case errors.Is(err, ErrTimeout):
+		c.Metrics.observe(path, false, StatusUnknown, CodeWalletTimeout, time.Since(start))
+	case errors.Is(err, ErrBadSignature):
+		c.Metrics.observe(path, true, StatusUnknown, CodeInvalidWalletSignature, time.Since(start))
+	case errors.Is(err, ErrUnavailable):
+		c.Metrics.observe(path, false, StatusUnknown, CodeWalletUnavailable, time.Since(start))
+	}
+	return resp, err
+}
+
+func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, header http.Header) (*Response, error) {
 	timeout := c.Timeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second

@@ -1,0 +1,41 @@
+# tokenproxy: `make demo` runs the quick start, `make test` the tests.
+SHELL       := /bin/bash
+GO          ?= go
+BIN         := bin
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X main.version=$(VERSION)
+TEST_FLAGS  ?= -race -count=1 -timeout 40m
+
+.PHONY: all build demo run test lint bench check-go check-redis clean
+
+all: build
+
+check-go:
+	@command -v $(GO) >/dev/null || { echo "Go is required: install Go 1.26 or newer from https://go.dev/dl/"; exit 1; }
+
+check-redis:
+	@command -v redis-server >/dev/null || { echo "redis-server is required for the tests: install it with 'apt-get install -y redis-server' (Debian/Ubuntu) or 'brew install redis'"; exit 1; }
+
+build: check-go
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/tokenproxy ./cmd/walletsim
+
+# demo: walletsim + tokenproxy (in-memory store), a real exchange and a proxied call, then stop.
+demo: build
+	$(GO) run ./internal/demo -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim
+
+# run: the same two servers in the foreground, with curl lines to try.
+run: build
+	$(GO) run ./internal/demo -serve -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim
+
+test: check-go check-redis
+	$(GO) test $(TEST_FLAGS) ./...
+
+lint: check-go
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: check-go check-redis
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf $(BIN)

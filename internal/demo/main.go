@@ -1,0 +1,321 @@
+// Command demo runs the quick start: walletsim and tokenproxy (in-memory
+// store) side by side on loopback, a real authorization-code exchange and a
+// proxied wallet call, each step printed. With -serve it starts the two and
+// prints curl lines to try until Ctrl-C. It is driven by `make demo` and
+// `make run`; it needs only the two binaries and Go's standard library.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	tokenproxy := flag.String("tokenproxy", "bin/tokenproxy", "tokenproxy binary")
+	walletsim := flag.String("walletsim", "bin/walletsim", "walletsim binary")
+	serve := flag.Bool("serve", false, "start both and wait for Ctrl-C instead of running the demo")
+	flag.Parse()
+	if err := run(*tokenproxy, *walletsim, *serve); err != nil {
+		fmt.Fprintln(os.Stderr, "demo failed:", err)
+		os.Exit(1)
+	}
+}
+
+const (
+	proxyAddr  = "127.0.0.1:9180"
+	opsAddr    = "127.0.0.1:9181"
+	walletAddr = "127.0.0.1:9182"
+	customer   = "2188000123456789"
+)
+
+func run(tokenproxyBin, walletsimBin string, serve bool) error {
+	dir, err := os.MkdirTemp("", "tokenproxy-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	step("Generating a merchant RSA-2048 key pair (the wallet gets the public half)")
+	keyFile, pubFile, err := writeKeyPair(dir)
+	if err != nil {
+		return err
+	}
+	walletPub := filepath.Join(dir, "wallet-public.pem")
+
+	step("Starting walletsim, a strict wallet, on " + walletAddr)
+	sim, err := start(dir, "walletsim", walletsimBin, []string{
+		"WALLETSIM_LISTEN_ADDR=" + walletAddr,
+		"WALLETSIM_CLIENT_PUBLIC_KEY_FILE=" + pubFile,
+		"WALLETSIM_PUBLIC_KEY_OUT=" + walletPub,
+		"WALLETSIM_CLIENT_ID=DEMO_CLIENT",
+	})
+	if err != nil {
+		return err
+	}
+	defer sim.stop()
+	if err := waitFor("http://"+walletAddr+"/sim/stats", 200, 15*time.Second, sim); err != nil {
+		return err
+	}
+
+	step("Starting tokenproxy on " + proxyAddr + " (ops on " + opsAddr + "), in-memory token store")
+	tp, err := start(dir, "tokenproxy", tokenproxyBin, []string{
+		"TOKENPROXY_LISTEN_ADDR=" + proxyAddr,
+		"TOKENPROXY_OPS_ADDR=" + opsAddr,
+		"TOKENPROXY_WALLET_URL=http://" + walletAddr,
+		"TOKENPROXY_CLIENT_ID=DEMO_CLIENT",
+		"TOKENPROXY_PRIVATE_KEY_FILE=" + keyFile,
+		"TOKENPROXY_WALLET_PUBLIC_KEY_FILE=" + walletPub,
+		"TOKENPROXY_LOG_FORMAT=text",
+	})
+	if err != nil {
+		return err
+	}
+	defer tp.stop()
+	if err := waitFor("http://"+opsAddr+"/readyz", 200, 15*time.Second, tp); err != nil {
+		return err
+	}
+
+	if serve {
+		fmt.Printf(`
+Both are running. Try, in another terminal:
+
+  # the user consents in the super app; the wallet hands the mini program an authCode
+  curl -s -XPOST http://%[2]s/sim/authcodes -d '{"customerId":"%[3]s"}'
+  # the app exchanges it through tokenproxy (the answer holds no token)
+  curl -s -XPOST http://%[1]s/v1/authorizations/applyToken -H 'Content-Type: application/json' \
+       -d '{"grantType":"AUTHORIZATION_CODE","authCode":"<authCode>"}'
+  # a wallet API call for that customer: tokenproxy injects the token and signs
+  curl -s -XPOST http://%[1]s/v1/users/inquiryUserInfo -H 'X-Customer-Id: %[3]s' -d '{}'
+  # the customer's token status, and the metrics
+  curl -s http://%[1]s/tokenproxy/customers/%[3]s
+  curl -s http://%[4]s/metrics | grep ^tokenproxy_
+
+Ctrl-C stops both.
+`, proxyAddr, walletAddr, customer, opsAddr)
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		select {
+		case <-ctx.Done():
+		case <-sim.done:
+			return errors.New("walletsim exited")
+		case <-tp.done:
+			return errors.New("tokenproxy exited")
+		}
+		return nil
+	}
+
+	step("1. The user consents in the super app: walletsim issues an authCode for customer " + customer)
+	var code struct{ AuthCode string }
+	if _, err := call("POST", "http://"+walletAddr+"/sim/authcodes", nil, `{"customerId":"`+customer+`"}`, &code); err != nil {
+		return err
+	}
+	fmt.Printf("   authCode: %s\n", code.AuthCode)
+
+	step("2. The app exchanges it through tokenproxy: POST /v1/authorizations/applyToken")
+	body, err := call("POST", "http://"+proxyAddr+"/v1/authorizations/applyToken", nil,
+		`{"grantType":"AUTHORIZATION_CODE","authCode":"`+code.AuthCode+`"}`, nil)
+	if err != nil {
+		return err
+	}
+	show(body)
+	if err := noToken(body); err != nil {
+		return err
+	}
+	fmt.Println("   -> no accessToken or refreshToken in the app's answer: tokenproxy keeps them")
+
+	step("3. The app calls a wallet API for the customer: POST /v1/users/inquiryUserInfo with X-Customer-Id")
+	fmt.Println("   app sends: {\"extendInfo\":\"demo\"}  (no token, no signature)")
+	body, err = call("POST", "http://"+proxyAddr+"/v1/users/inquiryUserInfo",
+		map[string]string{"X-Customer-Id": customer}, `{"extendInfo":"demo"}`, nil)
+	if err != nil {
+		return err
+	}
+	show(body)
+	if err := noToken(body); err != nil {
+		return err
+	}
+	fmt.Println("   -> tokenproxy injected the access token, signed the request, verified the wallet's signature")
+
+	step("4. The customer's token status: GET /tokenproxy/customers/" + customer)
+	body, err = call("GET", "http://"+proxyAddr+"/tokenproxy/customers/"+customer, nil, "", nil)
+	if err != nil {
+		return err
+	}
+	show(body)
+
+	step("5. What the wallet saw: GET /sim/stats")
+	body, err = call("GET", "http://"+walletAddr+"/sim/stats", nil, "", nil)
+	if err != nil {
+		return err
+	}
+	show(body)
+
+	step("6. A few metrics from " + opsAddr + "/metrics")
+	body, err = call("GET", "http://"+opsAddr+"/metrics", nil, "", nil)
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "tokenproxy_requests_total") && !strings.HasSuffix(line, " 0") ||
+			strings.HasPrefix(line, "tokenproxy_upstream_requests_total") && !strings.HasSuffix(line, " 0") {
+			fmt.Println("   " + line)
+		}
+	}
+
+	step("Stopping tokenproxy (SIGTERM drains in-flight calls) and walletsim")
+	tp.stop()
+	sim.stop()
+	fmt.Println("\nDemo complete.")
+	return nil
+}
+
+func step(s string) { fmt.Printf("\n== %s\n", s) }
+
+func show(body []byte) {
+	var out bytes.Buffer
+	if json.Indent(&out, body, "   ", "  ") != nil {
+		out.Write(body)
+	}
+	fmt.Println("   " + out.String())
+}
+
+func noToken(body []byte) error {
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		return err
+	}
+	for _, k := range []string{"accessToken", "refreshToken"} {
+		if _, ok := m[k]; ok {
+			return fmt.Errorf("the answer holds %s", k)
+		}
+	}
+	return nil
+}
+
+func call(method, url string, hdr map[string]string, body string, out any) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	fmt.Printf("   %s %s -> HTTP %d\n", method, url, resp.StatusCode)
+	if resp.StatusCode >= 300 {
+		return b, fmt.Errorf("%s %s: HTTP %d: %s", method, url, resp.StatusCode, b)
+	}
+	if out != nil {
+		return b, json.Unmarshal(b, out)
+	}
+	return b, nil
+}
+
+func writeKeyPair(dir string) (keyFile, pubFile string, err error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return "", "", err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return "", "", err
+	}
+	keyFile, pubFile = filepath.Join(dir, "merchant.key"), filepath.Join(dir, "merchant.pub")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return "", "", err
+	}
+	return keyFile, pubFile, os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan struct{}
+}
+
+func start(dir, name, bin string, env []string) (*proc, error) {
+	p := &proc{name: name, logs: &syncBuffer{}, done: make(chan struct{})}
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		return nil, err
+	}
+	p.cmd = exec.Command(abs)
+	p.cmd.Dir = dir
+	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w (run `make build` first)", name, err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+// stop ends the process it started, by its PID: SIGTERM, then SIGKILL
+// after 10 s.
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func waitFor(url string, status int, within time.Duration, p *proc) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited:\n%s", p.name, p.logs.String())
+		default:
+		}
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == status {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready within %s:\n%s", p.name, within, p.logs.String())
+}

@@ -1,0 +1,91 @@
+package wallet
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// maxPathLabels bounds the distinct path label values of the upstream
+// families; further paths are counted as "other".
+const maxPathLabels = 64
+
+// Metrics are the upstream (wallet call) families.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+
+	mu    sync.Mutex
+	paths map[string]bool
+	codes map[string]bool
+}
+
+// NewMetrics registers the upstream families on reg, with the known paths
+// (the token-exchange paths) initialised at 0.
+func NewMetrics(reg prometheus.Registerer, knownPaths ...string) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenproxy_upstream_requests_total",
+			Help: "Calls to the wallet, by path, result status and result code (the proxy's own code when the wallet gave no JSON answer).",
+		}, []string{"path", "result_status", "result_code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tokenproxy_upstream_duration_seconds",
+			Help:    "Duration of calls to the wallet, by path.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"path"}),
+		paths: make(map[string]bool),
+		codes: make(map[string]bool),
+	}
+	reg.MustRegister(m.requests, m.duration)
+	for _, p := range append(knownPaths, "other") {
+		m.paths[p] = true
+		m.requests.WithLabelValues(p, StatusSuccess, CodeSuccess)
+		m.duration.WithLabelValues(p)
+	}
+	return m
+}
+
+// observe counts one call. answered tells whether the wallet answered with
+// a JSON result; only such paths get a label of their own.
+func (m *Metrics) observe(path string, answered bool, status, code string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	path, code = m.labels(path, answered, code)
+	m.requests.WithLabelValues(path, status, code).Inc()
+	m.duration.WithLabelValues(path).Observe(d.Seconds())
+}
+
+func (m *Metrics) labels(path string, answered bool, code string) (string, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.paths[path] {
+		if answered && len(m.paths) < maxPathLabels+1 { // +1: "other"
+			m.paths[path] = true
+		} else {
+			path = "other"
+		}
+	}
+	if !m.codes[code] {
+		if validCode(code) && len(m.codes) < 128 {
+			m.codes[code] = true
+		} else {
+			code = "OTHER"
+		}
+	}
+	return path, code
+}
+
+// validCode accepts result codes of the wallet's shape: A-Z, 0-9 and _.
+func validCode(c string) bool {
+	if c == "" || len(c) > 64 {
+		return false
+	}
+	for i := 0; i < len(c); i++ {
+		if !(c[i] >= 'A' && c[i] <= 'Z' || c[i] >= '0' && c[i] <= '9' || c[i] == '_') {
+			return false
+		}
+	}
+	return true
+}
