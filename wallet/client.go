@@ -216,8 +216,11 @@ func (c *Client) verify(uri string, h http.Header, body []byte) error {
 var defaultHTTP = NewHTTPClient()
 
 func transportError(ctx context.Context, err error) error {
-	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+	if ctx.Err() != nil {
 		return fmt.Errorf("%w: %w", ErrTimeout, context.Cause(ctx))
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {

@@ -105,7 +105,8 @@ func (StaticKey) GoString() string                  { return "StaticKey(redacted
 // version file) when either changes on disk, so a rotated key and its version
 // change together, as a Kubernetes Secret volume update delivers them. Files
 // are checked at most once per CheckEvery (default 1s); a file that fails to
-// parse keeps the previous key in force and the error is returned once.
+// parse (a half-written rotation) keeps the previous key in force; with no
+// key loaded yet the error is returned.
 type FileKey struct {
 	KeyPath     string
 	VersionPath string // empty: Version is fixed
