@@ -110,6 +110,10 @@ func (c *Client) Call(ctx context.Context, path, rawQuery string, body []byte, h
 }
 
 func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, header http.Header) (*Response, error) {
+	if !strings.HasPrefix(path, "/") {
+		// Concatenated to the base URL, anything else could name another host.
+		return nil, errors.New("wallet path must begin with /")
+	}
 	timeout := c.Timeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
@@ -191,6 +195,10 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		}
 	}
 	if c.WalletKey != nil {
+		if resp.StatusCode >= 500 && resp.Header.Get(HeaderSignature) == "" {
+			// An unsigned JSON 5xx is a gateway's, not a forged wallet answer.
+			return nil, fmt.Errorf("%w: unsigned HTTP %d", ErrUnavailable, resp.StatusCode)
+		}
 		if err := c.verify(uri, resp.Header, raw); err != nil {
 			return nil, err
 		}

@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -60,7 +61,7 @@ func keyDER(data []byte) ([]byte, error) {
 	if len(data) == 0 {
 		return nil, errors.New("empty")
 	}
-	if bytes.HasPrefix(data, []byte("-----BEGIN")) {
+	if bytes.Contains(data, []byte("-----BEGIN")) {
 		block, _ := pem.Decode(data)
 		if block == nil {
 			return nil, errors.New("malformed PEM")
@@ -85,8 +86,10 @@ type SigningKey struct {
 }
 
 // String redacts: a key never prints itself.
-func (SigningKey) String() string   { return "SigningKey(redacted)" }
-func (SigningKey) GoString() string { return "SigningKey(redacted)" }
+func (SigningKey) String() string               { return "SigningKey(redacted)" }
+func (SigningKey) GoString() string             { return "SigningKey(redacted)" }
+func (SigningKey) LogValue() slog.Value         { return slog.StringValue("SigningKey(redacted)") }
+func (SigningKey) MarshalJSON() ([]byte, error) { return []byte(`"SigningKey(redacted)"`), nil }
 
 // KeySource yields the signing key to use now. Implementations are safe for
 // concurrent use.
@@ -100,6 +103,8 @@ type StaticKey SigningKey
 func (k StaticKey) SigningKey() (SigningKey, error) { return SigningKey(k), nil }
 func (StaticKey) String() string                    { return "StaticKey(redacted)" }
 func (StaticKey) GoString() string                  { return "StaticKey(redacted)" }
+func (StaticKey) LogValue() slog.Value              { return slog.StringValue("StaticKey(redacted)") }
+func (StaticKey) MarshalJSON() ([]byte, error)      { return []byte(`"StaticKey(redacted)"`), nil }
 
 // FileKey is a KeySource that re-reads its key file (and, when set, its
 // version file) when either changes on disk, so a rotated key and its version
@@ -162,7 +167,11 @@ func (f *FileKey) reload(force bool) error {
 		return err
 	}
 	version := f.Version
-	if f.VersionPath != "" {
+	if f.VersionPath == "" {
+		if err := ValidKeyVersion(version); err != nil {
+			return err
+		}
+	} else {
 		v, err := os.ReadFile(f.VersionPath)
 		if err != nil {
 			return fmt.Errorf("read key version file: %w", err)

@@ -53,6 +53,11 @@ func (m *Metrics) observe(path string, answered bool, status, code string, d tim
 		return
 	}
 	path, code = m.labels(path, answered, code)
+	switch status {
+	case StatusSuccess, StatusFailed, StatusUnknown:
+	default:
+		status = "OTHER"
+	}
 	m.requests.WithLabelValues(path, status, code).Inc()
 	m.duration.WithLabelValues(path).Observe(d.Seconds())
 }

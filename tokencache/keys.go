@@ -1,0 +1,65 @@
+package tokencache
+
+import (
+	"hash/crc32"
+	"strconv"
+)
+
+// Key layout. Every key of one customer carries the hash tag {b<N>} of the
+// customer's bucket, so that in Redis Cluster the record, its tombstone, the
+// bucket's schedule and whatever other packages keep per customer (leases,
+// journal entries) live in one slot and one Lua script can touch them all:
+//
+//	<prefix>{b<N>}:rec:<customerID>   the record (a hash)
+//	<prefix>{b<N>}:tomb:<customerID>  tombstone after Delete (a string: the generation)
+//	<prefix>{b<N>}:due                the bucket's schedule (a sorted set: customer id
+//	                                  scored by NextRefresh in Unix milliseconds)
+
+// DefaultKeyPrefix is the key prefix when RedisConfig.Prefix is empty.
+const DefaultKeyPrefix = "tokenproxy:"
+
+// DefaultBuckets is the bucket count when RedisConfig.Buckets is zero.
+const DefaultBuckets = 1024
+
+// Bucket returns the schedule bucket of a customer: the CRC-32 (IEEE) of its
+// id modulo buckets. It is stable across processes and versions; changing
+// the bucket count moves customers to other keys, so every replica sharing a
+// store must use the same count.
+func Bucket(customerID string, buckets int) int {
+	return int(crc32.ChecksumIEEE([]byte(customerID)) % uint32(buckets))
+}
+
+// Prefix is the key prefix of every key this store uses.
+func (s *Redis) Prefix() string { return s.prefix }
+
+// Buckets is the number of schedule buckets.
+func (s *Redis) Buckets() int { return s.buckets }
+
+// BucketOf is Bucket(customerID, s.Buckets()).
+func (s *Redis) BucketOf(customerID string) int { return Bucket(customerID, s.buckets) }
+
+// BucketKeyPrefix returns "<prefix>{b<N>}:", the start of every key in
+// bucket N; keys that begin with it share one Cluster slot.
+func (s *Redis) BucketKeyPrefix(bucket int) string {
+	return s.prefix + "{b" + strconv.Itoa(bucket) + "}:"
+}
+
+// CustomerKey returns "<prefix>{b<N>}:<kind>:<customerID>", the key of one
+// kind of per-customer data, in the customer's bucket. Other packages use it
+// for their own per-customer keys (for example kind "lease") so that those
+// share a slot with the record.
+func (s *Redis) CustomerKey(customerID, kind string) string {
+	return s.BucketKeyPrefix(s.BucketOf(customerID)) + kind + ":" + customerID
+}
+
+// RecordKey is the key of the customer's record hash.
+func (s *Redis) RecordKey(customerID string) string { return s.CustomerKey(customerID, "rec") }
+
+// TombstoneKey is the key of the customer's tombstone.
+func (s *Redis) TombstoneKey(customerID string) string { return s.CustomerKey(customerID, "tomb") }
+
+// DueKey is the key of the bucket's schedule: a sorted set of customer ids
+// scored by NextRefresh in Unix milliseconds. An entry may outlive its
+// record (a record forgotten by its TTL), so readers treat ErrNotFound from
+// Get as "remove the entry".
+func (s *Redis) DueKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "due" }

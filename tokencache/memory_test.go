@@ -1,0 +1,116 @@
+package tokencache_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokenproxy/tokenproxy/tokencache"
+	"github.com/tokenproxy/tokenproxy/tokencache/storetest"
+)
+
+func TestMemoryConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) tokencache.Store {
+		return tokencache.NewMemory(tokencache.MemoryConfig{})
+	})
+}
+
+// fakeClock is a settable clock for the memory store's expiry.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func TestMemoryRecordExpiry(t *testing.T) {
+	ctx := context.Background()
+	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name       string
+		rtExpiry   time.Time
+		advance    time.Duration
+		wantExists bool
+	}{
+		{"no refresh expiry: kept forever", time.Time{}, 10 * 365 * 24 * time.Hour, true},
+		{"refresh token still valid", start.Add(time.Hour), 59 * time.Minute, true},
+		{"expired, within retention", start.Add(time.Hour), time.Hour + tokencache.RecordRetention - time.Millisecond, true},
+		{"expired, retention over", start.Add(time.Hour), time.Hour + tokencache.RecordRetention, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := &fakeClock{now: start}
+			m := tokencache.NewMemory(tokencache.MemoryConfig{Now: clock.Now})
+			rec := storetest.FullRecord("c1")
+			rec.RefreshTokenExpiry = tc.rtExpiry
+			if _, err := m.Put(ctx, rec); err != nil {
+				t.Fatal(err)
+			}
+			clock.Advance(tc.advance)
+			_, err := m.Get(ctx, "c1")
+			if tc.wantExists && err != nil {
+				t.Fatalf("Get: %v, want the record", err)
+			}
+			if !tc.wantExists && !errors.Is(err, tokencache.ErrNotFound) {
+				t.Fatalf("Get: %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
+
+func TestMemoryTombstoneExpiry(t *testing.T) {
+	ctx := context.Background()
+	clock := &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	m := tokencache.NewMemory(tokencache.MemoryConfig{Now: clock.Now})
+	rec := storetest.FullRecord("c1")
+	rec.RefreshTokenExpiry = time.Time{} // kept for good: only the tombstone expires
+	var last int64
+	for range 3 {
+		g, err := m.Put(ctx, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = g
+	}
+	if err := m.Delete(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Within the tombstone's life, generations keep growing.
+	clock.Advance(tokencache.TombstoneTTL - time.Second)
+	g, err := m.Put(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g <= last+1 {
+		t.Fatalf("Put after Delete: generation %d, want above the tombstone's %d", g, last+1)
+	}
+	if err := m.Delete(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// After it, as in Redis, the customer starts afresh.
+	clock.Advance(tokencache.TombstoneTTL + 2*time.Hour)
+	if err := m.Delete(ctx, "other"); err != nil { // sweeps expired tombstones
+		t.Fatal(err)
+	}
+	g, err = m.Put(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g != 1 {
+		t.Fatalf("Put after the tombstone expired: generation %d, want 1", g)
+	}
+}

@@ -1,0 +1,194 @@
+// Package tokencache keeps one record of wallet tokens per customer, in
+// memory (one replica) or in Redis (shared by every replica, tokens sealed
+// with AES-256-GCM).
+//
+// Both stores implement [Store] with the same semantics; the conformance
+// suite in package storetest runs against each of them. The store only
+// stores: deciding when to refresh, leasing and calling the wallet belong to
+// other packages.
+package tokencache
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+)
+
+// State is the stored state of a record. Only the states that cannot be
+// derived are stored: whether an access token is valid, expired or being
+// refreshed follows from its expiry time and from leases, which callers
+// know about and the store does not.
+type State string
+
+const (
+	// StateActive: the tokens are usable (the access token may still have
+	// expired; the refresh token was not refused).
+	StateActive State = ""
+	// StateReauthorizationRequired: the wallet refused the refresh token
+	// (expired, used or invalid); only a new exchange (Put) clears it.
+	StateReauthorizationRequired State = "reauthorization_required"
+)
+
+// Record is one customer's tokens and bookkeeping.
+//
+// Stores keep times at millisecond precision in UTC: a time read back equals
+// (time.Time.Equal) the stored one truncated to the millisecond. The zero
+// time means "none" for every time field.
+type Record struct {
+	CustomerID        string
+	AccessToken       Secret
+	AccessTokenExpiry time.Time
+	RefreshToken      Secret
+	// RefreshTokenExpiry is zero when the wallet gave none: the refresh
+	// token is good until the wallet refuses it. When it is set, the store
+	// forgets the record 30 days after it (RecordRetention), never sooner.
+	RefreshTokenExpiry time.Time
+	// ExchangePath is the path of the exchange that issued the tokens (for
+	// example /v1/authorizations/applyToken); refreshes replay it.
+	ExchangePath string
+	// Replay holds the fields of the exchange request that every refresh
+	// replays (appId, authClientId, customerBelongsTo, extendInfo). Each
+	// value must be valid JSON. Nil and empty read back as nil.
+	Replay map[string]json.RawMessage
+	// Generation is set by the store: it grows on every write of this
+	// customer and is never reused, not even after Delete (for as long as
+	// the tombstone lives, TombstoneTTL). Stores ignore it on writes.
+	Generation  int64
+	State       State
+	LastError   string    // a wallet resultCode, or "" (none)
+	LastRefresh time.Time // last successful refresh; zero: never
+	LastUsed    time.Time // last app call; zero: never
+	NextRefresh time.Time // when the record is due for refresh; zero: not scheduled
+	// KeyID is read-only: the id of the keyring key that sealed the stored
+	// tokens ("" for the memory store, which does not seal).
+	KeyID string
+}
+
+const (
+	// TombstoneTTL is how long a deleted customer's tombstone lives: for that
+	// long a write that was in flight when the customer was deleted cannot
+	// bring the record back, and generations are not reused.
+	TombstoneTTL = 24 * time.Hour
+	// RecordRetention is how long after RefreshTokenExpiry a record is kept
+	// (so its state can still be shown) before the store forgets it.
+	RecordRetention = 30 * 24 * time.Hour
+)
+
+var (
+	// ErrNotFound: there is no record for the customer (never stored,
+	// deleted, or forgotten RecordRetention after its refresh token expired).
+	ErrNotFound = errors.New("tokencache: no record")
+	// ErrConflict: CompareAndSwap found another generation than expected;
+	// someone else wrote the record meanwhile. Read it again.
+	ErrConflict = errors.New("tokencache: record changed meanwhile")
+	// ErrUnavailable: the store could not be reached or did not answer in
+	// time. The errors it wraps (network, context) stay reachable with
+	// errors.Is / errors.As.
+	ErrUnavailable = errors.New("tokencache: store unavailable")
+)
+
+// Store keeps one record per customer.
+//
+// Implementations are safe for concurrent use, have identical semantics, and
+// copy records in and out: a caller never aliases stored data. Every method
+// honours ctx; none adds a deadline of its own, so callers pass one.
+type Store interface {
+	// Get returns the customer's record, or ErrNotFound.
+	Get(ctx context.Context, customerID string) (*Record, error)
+	// Put replaces the customer's record unconditionally with rec, as given
+	// (fields left empty are cleared): this is what a new exchange does. The
+	// new generation is higher than any earlier one of this customer,
+	// including a tombstone's. rec.Generation and rec.KeyID are ignored and
+	// rec is not modified.
+	Put(ctx context.Context, rec *Record) (generation int64, err error)
+	// CompareAndSwap writes rec only if the stored generation equals
+	// expect. It returns ErrConflict if it differs and ErrNotFound if there
+	// is no record: a deleted customer is never written back.
+	CompareAndSwap(ctx context.Context, rec *Record, expect int64) (generation int64, err error)
+	// Delete forgets the customer's record, leaving a tombstone with a
+	// higher generation for TombstoneTTL, so that a CompareAndSwap prepared
+	// before the delete fails. Deleting an unknown customer is not an error.
+	Delete(ctx context.Context, customerID string) error
+	// Ping reports whether the store answers.
+	Ping(ctx context.Context) error
+}
+
+// checkRecord rejects records no store can keep, with the same answer in
+// every implementation.
+func checkRecord(rec *Record) error {
+	if rec == nil {
+		return errors.New("nil record")
+	}
+	if rec.CustomerID == "" {
+		return errors.New("empty customer id")
+	}
+	for name, v := range rec.Replay {
+		if !json.Valid(v) {
+			return fmt.Errorf("replay field %q: not valid JSON", name)
+		}
+	}
+	return nil
+}
+
+// normalize returns a deep copy of rec as a store keeps it: times at
+// millisecond precision in UTC, Replay compacted (or nil when empty), the
+// store-owned fields cleared. Both stores pass every written record through
+// it, so both read back exactly the same values.
+func normalize(rec *Record) *Record {
+	c := *rec
+	c.AccessTokenExpiry = storedTime(rec.AccessTokenExpiry)
+	c.RefreshTokenExpiry = storedTime(rec.RefreshTokenExpiry)
+	c.LastRefresh = storedTime(rec.LastRefresh)
+	c.LastUsed = storedTime(rec.LastUsed)
+	c.NextRefresh = storedTime(rec.NextRefresh)
+	c.Replay = nil
+	if len(rec.Replay) > 0 {
+		c.Replay = make(map[string]json.RawMessage, len(rec.Replay))
+		for k, v := range rec.Replay {
+			var buf bytes.Buffer
+			// checkRecord has validated v, so Compact cannot fail; fall back
+			// to a plain copy rather than lose the value if it ever did.
+			if err := json.Compact(&buf, v); err != nil {
+				c.Replay[k] = bytes.Clone(v)
+				continue
+			}
+			c.Replay[k] = buf.Bytes()
+		}
+	}
+	c.Generation = 0
+	c.KeyID = ""
+	return &c
+}
+
+// clone returns a deep copy of a stored record.
+func clone(rec *Record) *Record {
+	c := *rec
+	if rec.Replay != nil {
+		c.Replay = maps.Clone(rec.Replay)
+		for k, v := range c.Replay {
+			c.Replay[k] = bytes.Clone(v)
+		}
+	}
+	return &c
+}
+
+// storedTime is t as the stores keep it: milliseconds since the epoch, UTC,
+// without a monotonic reading; zero stays zero.
+func storedTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return time.UnixMilli(t.UnixMilli()).UTC()
+}
+
+// expiresAt is when a record written now is forgotten; zero: never.
+func expiresAt(rec *Record) time.Time {
+	if rec.RefreshTokenExpiry.IsZero() {
+		return time.Time{}
+	}
+	return storedTime(rec.RefreshTokenExpiry).Add(RecordRetention)
+}
