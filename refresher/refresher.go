@@ -510,38 +510,24 @@ func failureCode(err error) (code, result string) {
 	}
 }
 
-// nextRefresh is when a token expiring at expiry is due: RefreshBefore plus
-// up to RefreshJitter ahead of expiry, the lead capped at half the token's
-// remaining life.
+// nextRefresh is when a token expiring at expiry is due; see NextRefresh.
 func (r *Refresher) nextRefresh(now, expiry time.Time) time.Time {
-	lead := r.cfg.RefreshBefore
-	if r.cfg.RefreshJitter > 0 {
-		lead += rand.N(r.cfg.RefreshJitter)
-	}
-	if life := expiry.Sub(now); lead > life/2 {
-		lead = life / 2
-	}
-	return expiry.Add(-lead)
+	return NextRefresh(now, expiry, r.cfg.RefreshBefore, r.cfg.RefreshJitter)
 }
 
-// takeRate waits for the refresh rate limiter. Urgent refreshes (a caller
-// waits) go ahead: scheduled ones wait while any urgent one is queued.
-func (r *Refresher) takeRate(ctx context.Context, urgent bool) error {
-	if urgent {
-		r.urgent.Add(1)
-		defer r.urgent.Add(-1)
-		return r.limiter.Wait(ctx)
+// NextRefresh is when a token expiring at expiry is due: before plus a
+// random spread of up to jitter ahead of expiry, the lead capped at half
+// the token's remaining life (so that short-lived tokens are not refreshed
+// on every call).
+func NextRefresh(now, expiry time.Time, before, jitter time.Duration) time.Time {
+	lead := before
+	if jitter > 0 {
+		lead += rand.N(jitter)
 	}
-	for r.urgent.Load() > 0 {
-		t := time.NewTimer(10 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
+	if life := expiry.Sub(now); lead > life/2 {
+		lead = max(life/2, 0)
 	}
-	return r.limiter.Wait(ctx)
+	return expiry.Add(-lead)
 }
 
 func (r *Refresher) setRefreshing(id string, on bool) {

@@ -1,0 +1,219 @@
+package tokencache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// The refresh protocol's primitives (design.md, "Exactly one refresh per
+// refresh token"). A replica claims a customer before presenting its refresh
+// token (Claim: a lease plus an intent), renews the lease while the wallet
+// call runs (Renew), and records the outcome (Complete). Every decision on
+// time (lease expiry, backoff, what is due) uses the store's clock: the Redis
+// server's TIME inside the scripts, MemoryConfig.Now for the memory store,
+// never a replica's clock.
+//
+// Redis keys, all in the customer's bucket (hash tag {b<N>}):
+//
+//	<prefix>{b<N>}:lease:<customerID>        the lease: "<owner>:<fence>", PX = lease TTL
+//	<prefix>{b<N>}:jrnl:<customerID>:<rth>   journal entry of the outcome of presenting the
+//	                                         refresh token whose hash is rth, EX JournalTTL
+//	<prefix>done                             pub/sub channel: a customer id per completed refresh,
+//	                                         Put or Delete (waiters on any replica wake up)
+//
+// and in the record hash: "rth" (hash of the current refresh token), the
+// intent ("ih" hash of the refresh token presented, "it" time, "io" owner,
+// "ia" presentations of it so far, "iu" "1" while the last presentation's
+// outcome is unknown), "fence" (last fence number), "fa" (consecutive
+// transient failures) and "nb" (no presentation before this time).
+
+// JournalTTL is how long the outcome of a presentation is kept for waiters.
+const JournalTTL = 5 * time.Minute
+
+// Lease is a replica's claim to present one customer's current refresh
+// token. Only its holder presents the token; a lease lapses at Expiry unless
+// renewed.
+type Lease struct {
+	CustomerID string
+	Owner      string
+	// Fence grows with every claim of the customer; Renew and Complete name
+	// the lease by it.
+	Fence int64
+	// Expiry is when the lease lapses, in the store's clock. Callers turn
+	// it into a local deadline with the remaining duration TTL they asked
+	// for, measured from just before Claim/Renew was sent.
+	Expiry time.Time
+	// Generation is the record generation that was claimed.
+	Generation int64
+	// Represent: an earlier presentation of this same refresh token had an
+	// unknown outcome (timeout, reset, U, 5xx, a crashed holder). A
+	// USED_REFRESH_TOKEN answer now means a lost rotation.
+	Represent bool
+	// Attempt counts the presentations of this refresh token, this one
+	// included (1 for the first).
+	Attempt int
+}
+
+// OutcomeKind says what presenting a refresh token led to.
+type OutcomeKind int
+
+const (
+	// Refreshed: S. Outcome.Record holds the new pair; the intent is
+	// cleared, failures reset.
+	Refreshed OutcomeKind = iota + 1
+	// Rejected: a refresh-token F (INVALID / EXPIRED / USED), or a refresh
+	// token past its expiry (never presented). The record becomes
+	// reauthorization_required with LastError = Code, leaves the schedule;
+	// the intent is cleared.
+	Rejected
+	// Refused: another F (rate limit, signature, key, client, parameter):
+	// the wallet did not process the call, so the token is known unused.
+	// The intent is cleared (a later USED_REFRESH_TOKEN is not a lost
+	// rotation); LastError = Code; failures+1; no presentation before
+	// now+Backoff (the record is rescheduled then).
+	Refused
+	// Unknown: timeout, reset, U, 5xx, a bad response signature, a call
+	// cancelled by the watchdog. The intent stays (marked unknown), so the
+	// next claim is a re-presentation; LastError = Code; failures+1; no
+	// presentation before now+Backoff (the record is rescheduled then).
+	Unknown
+)
+
+func (k OutcomeKind) String() string {
+	switch k {
+	case Refreshed:
+		return "refreshed"
+	case Rejected:
+		return "rejected"
+	case Refused:
+		return "refused"
+	case Unknown:
+		return "unknown"
+	}
+	return fmt.Sprintf("OutcomeKind(%d)", int(k))
+}
+
+// Outcome is what Complete records.
+type Outcome struct {
+	Kind OutcomeKind
+	// Record, for Refreshed: the new tokens, expiries, LastRefresh and
+	// NextRefresh (CustomerID, ExchangePath and Replay are kept from the
+	// stored record; State, LastError, Generation are ignored).
+	Record *Record
+	// Code is the wallet's resultCode, or the proxy's (WALLET_TIMEOUT,
+	// WALLET_UNAVAILABLE, INVALID_WALLET_SIGNATURE); "" for Refreshed.
+	Code string
+	// Backoff, for Refused and Unknown: how long no presentation may start.
+	Backoff time.Duration
+}
+
+// JournalEntry is the recorded outcome of presenting one refresh token.
+type JournalEntry struct {
+	Kind       OutcomeKind
+	Code       string
+	Generation int64 // generation written by Complete
+}
+
+// DueEntry is a customer whose refresh is due.
+type DueEntry struct {
+	CustomerID string
+	Due        time.Time
+}
+
+// Census counts customers by state, for tokenproxy_tokens{state}.
+type Census struct {
+	Valid, Expired, Refreshing, ReauthorizationRequired int
+}
+
+// Refresh-protocol errors.
+var (
+	// ErrLeaseHeld: another live lease exists (see *LeaseHeldError).
+	ErrLeaseHeld = errors.New("tokencache: customer is being refreshed")
+	// ErrBackoff: the customer is in its cooldown (see *BackoffError).
+	ErrBackoff = errors.New("tokencache: customer is cooling down")
+	// ErrLeaseLost: the lease named is no longer held (lapsed, or claimed
+	// by another after it lapsed, or the customer was deleted).
+	ErrLeaseLost = errors.New("tokencache: lease lost")
+	// ErrNotActive: the record is reauthorization_required.
+	ErrNotActive = errors.New("tokencache: customer needs reauthorization")
+)
+
+// LeaseHeldError is ErrLeaseHeld with the holder and when its lease lapses.
+type LeaseHeldError struct {
+	Owner string
+	Until time.Time // store clock
+	// TTL is the lease's remaining life when the claim was refused.
+	TTL time.Duration
+}
+
+func (e *LeaseHeldError) Error() string { return "tokencache: customer is being refreshed by " + e.Owner }
+func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
+
+// BackoffError is ErrBackoff with when presentations may start again and
+// the code of the failure that caused it.
+type BackoffError struct {
+	Until     time.Time     // store clock
+	Remaining time.Duration // until Until, when the claim was refused
+	LastError string
+}
+
+func (e *BackoffError) Error() string {
+	return "tokencache: customer is cooling down after " + e.LastError
+}
+func (e *BackoffError) Unwrap() error { return ErrBackoff }
+
+// RefreshStore is a Store with the refresh protocol. Both Memory and Redis
+// implement it, with identical semantics (one conformance suite).
+type RefreshStore interface {
+	Store
+
+	// Claim leases the customer to owner for ttl if: the record exists and
+	// is active (else ErrNotFound / ErrNotActive), its generation is
+	// expect (else ErrConflict), no live lease exists (else
+	// *LeaseHeldError), and it is not in backoff (else *BackoffError;
+	// ignoreBackoff skips this check, for a forced refresh). It writes the
+	// intent "refresh token rth presented at now by owner" and returns the
+	// lease. It does not raise the generation.
+	Claim(ctx context.Context, customerID string, expect int64, owner string, ttl time.Duration, ignoreBackoff bool) (*Lease, error)
+	// Renew extends a held lease to now+ttl and returns the new expiry;
+	// ErrLeaseLost when it is not held any more.
+	Renew(ctx context.Context, l *Lease, ttl time.Duration) (time.Time, error)
+	// Release drops a held lease without an outcome (nothing was
+	// presented). Not an error when it is not held.
+	Release(ctx context.Context, l *Lease) error
+	// Complete records the outcome of presenting the refresh token that l
+	// claimed. It writes only while the record still holds that refresh
+	// token and no newer tombstone exists, and else returns ErrConflict
+	// (replaced by a new exchange) or ErrNotFound (deleted): it does NOT
+	// require the lease to be still held, because an S pair must never be
+	// thrown away just because a lease lapsed. It releases the lease if
+	// still held, writes the journal entry, publishes the customer id, and
+	// returns the new generation.
+	Complete(ctx context.Context, l *Lease, o Outcome) (int64, error)
+	// Journal returns the recorded outcome of presenting the refresh token
+	// whose hash is rth (Record.RefreshTokenHash of the record that held
+	// it), or ErrNotFound.
+	Journal(ctx context.Context, customerID, rth string) (*JournalEntry, error)
+	// Watch returns a channel that receives (without blocking the sender;
+	// buffer 1) whenever a refresh of the customer completes, or the
+	// customer is Put or Deleted, on any replica sharing the store. stop
+	// ends the watch. Deliveries are best effort: callers also poll.
+	Watch(customerID string) (ch <-chan struct{}, stop func())
+	// Due returns up to limit customers of the given buckets whose
+	// NextRefresh is at or before the store's now, earliest first.
+	Due(ctx context.Context, buckets []int, limit int) ([]DueEntry, error)
+	// Buckets is the number of schedule buckets.
+	Buckets() int
+	// TouchLastUsed records an app call at the store's now, without
+	// raising the generation. Not an error when the customer is unknown.
+	TouchLastUsed(ctx context.Context, customerID string) error
+	// Census counts the customers by state at the store's now (Refreshing:
+	// a live lease).
+	Census(ctx context.Context) (Census, error)
+	// Now is the store's clock.
+	Now(ctx context.Context) (time.Time, error)
+	// Close stops background work (the pub/sub subscription).
+	Close() error
+}
