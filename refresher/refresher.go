@@ -530,6 +530,26 @@ func NextRefresh(now, expiry time.Time, before, jitter time.Duration) time.Time 
 	return expiry.Add(-lead)
 }
 
+// takeRate waits for the refresh rate limiter. Urgent refreshes (a caller
+// waits) go ahead: scheduled ones wait while any urgent one is queued.
+func (r *Refresher) takeRate(ctx context.Context, urgent bool) error {
+	if urgent {
+		r.urgent.Add(1)
+		defer r.urgent.Add(-1)
+		return r.limiter.Wait(ctx)
+	}
+	for r.urgent.Load() > 0 {
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return r.limiter.Wait(ctx)
+}
+
 func (r *Refresher) setRefreshing(id string, on bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
