@@ -2,6 +2,8 @@ package tokencache
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"sync"
 	"time"
@@ -9,8 +11,12 @@ import (
 
 // MemoryConfig configures a Memory store.
 type MemoryConfig struct {
-	// Now is the clock for tombstone and record expiry; nil means time.Now.
+	// Now is the store's clock: tombstone and record expiry, leases,
+	// backoff and the schedule; nil means time.Now.
 	Now func() time.Time
+	// Buckets is the number of schedule buckets; DefaultBuckets when zero
+	// or negative.
+	Buckets int
 }
 
 // Memory is a Store in process memory, for the quick start and for a single
@@ -19,20 +25,49 @@ type MemoryConfig struct {
 // token. Records are kept as given (tokens are not sealed: they never leave
 // the process) and are lost on restart.
 //
-// Memory has the same semantics as the Redis store, generations, tombstones
-// and record expiry included. It is safe for concurrent use.
+// Memory has the same semantics as the Redis store, generations, tombstones,
+// record expiry and the refresh protocol (RefreshStore) included. It is
+// safe for concurrent use.
 type Memory struct {
-	now func() time.Time
+	now     func() time.Time
+	buckets int
+	hub     watchHub
 
-	mu        sync.Mutex
-	records   map[string]*memRecord
-	tombs     map[string]memTomb
-	lastSweep time.Time
+	mu         sync.Mutex
+	records    map[string]*memRecord
+	tombs      map[string]memTomb
+	lastSweep  time.Time
+	leases     map[string]memLease
+	journal    map[memJournalKey]memJournal
+	lastJSweep time.Time
+	due        memDue
+	fence      int64 // last fence handed out, for all customers: never reused
 }
 
+// memRecord is a stored record with the protocol state the Redis store
+// keeps in the same hash.
 type memRecord struct {
-	rec     *Record   // normalized, Generation set
+	// rec is normalized, with Generation, RefreshTokenHash, Failures and
+	// NotBefore set.
+	rec     *Record
 	expires time.Time // zero: never
+	intent  memIntent // zero: none
+}
+
+// memIntent: refresh token hash (ih) claimed attempts times, last by owner
+// with fence at time at.
+type memIntent struct {
+	hash     string
+	attempts int
+	owner    string
+	fence    int64
+	at       time.Time
+}
+
+type memLease struct {
+	owner   string
+	fence   int64
+	expires time.Time
 }
 
 type memTomb struct {
@@ -48,11 +83,30 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	if now == nil {
 		now = time.Now
 	}
+	buckets := cfg.Buckets
+	if buckets <= 0 {
+		buckets = DefaultBuckets
+	}
 	return &Memory{
 		now:     now,
+		buckets: buckets,
 		records: make(map[string]*memRecord),
 		tombs:   make(map[string]memTomb),
+		leases:  make(map[string]memLease),
+		journal: make(map[memJournalKey]memJournal),
+		due:     newMemDue(buckets),
 	}
+}
+
+// memRefreshTokenHash is the memory store's RefreshTokenHash: unkeyed,
+// since it never leaves the process, but bound to the customer like the
+// Redis one.
+func memRefreshTokenHash(customerID string, token Secret) string {
+	if token == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(customerID + "\x00" + token.Reveal()))
+	return hex.EncodeToString(sum[:16])
 }
 
 // Get returns a copy of the customer's record, or ErrNotFound.
@@ -114,7 +168,24 @@ func (m *Memory) write(ctx context.Context, rec *Record, cas bool, expect int64)
 	}
 	gen++
 	stored.Generation = gen
-	m.records[rec.CustomerID] = &memRecord{rec: stored, expires: expiresAt(stored)}
+	stored.RefreshTokenHash = memRefreshTokenHash(rec.CustomerID, stored.RefreshToken)
+	next := &memRecord{rec: stored, expires: expiresAt(stored)}
+	if cas {
+		// A CAS rewrites the record's own fields; the protocol state
+		// (intent, failures, cooldown) stays.
+		next.intent = cur.intent
+		stored.Failures = cur.rec.Failures
+		stored.NotBefore = cur.rec.NotBefore
+	} else {
+		// A new exchange starts afresh: no intent, failures, cooldown or
+		// lease of the old refresh token survive it.
+		delete(m.leases, rec.CustomerID)
+	}
+	m.records[rec.CustomerID] = next
+	m.due.set(rec.CustomerID, Bucket(rec.CustomerID, m.buckets), stored.NextRefresh)
+	if !cas {
+		m.hub.notify(rec.CustomerID) // never blocks
+	}
 	return gen, nil
 }
 
@@ -127,6 +198,8 @@ func (m *Memory) Delete(ctx context.Context, customerID string) error {
 	defer m.mu.Unlock()
 	now := m.now()
 	m.sweepTombs(now)
+	m.due.remove(customerID)
+	delete(m.leases, customerID)
 	cur := m.record(customerID, now)
 	if cur == nil {
 		return nil
@@ -137,6 +210,7 @@ func (m *Memory) Delete(ctx context.Context, customerID string) error {
 	}
 	m.tombs[customerID] = memTomb{gen: gen + 1, expires: now.Add(TombstoneTTL)}
 	delete(m.records, customerID)
+	m.hub.notify(customerID) // never blocks
 	return nil
 }
 
@@ -154,6 +228,7 @@ func (m *Memory) record(customerID string, now time.Time) *memRecord {
 	}
 	if !r.expires.IsZero() && !now.Before(r.expires) {
 		delete(m.records, customerID)
+		m.due.remove(customerID)
 		return nil
 	}
 	return r

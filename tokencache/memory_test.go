@@ -3,6 +3,7 @@ package tokencache_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -112,5 +113,47 @@ func TestMemoryTombstoneExpiry(t *testing.T) {
 	}
 	if g != 1 {
 		t.Fatalf("Put after the tombstone expired: generation %d, want 1", g)
+	}
+}
+
+func TestMemoryRefreshConformance(t *testing.T) {
+	// One clock for all subtests: RunRefresh runs them one at a time. It
+	// starts at the real time, since FullRecord's times are relative to it.
+	clock := &fakeClock{now: time.Now()}
+	storetest.RunRefresh(t, func(t *testing.T) tokencache.RefreshStore {
+		return tokencache.NewMemory(tokencache.MemoryConfig{Now: clock.Now})
+	}, clock.Advance)
+}
+
+func TestMemoryDueIndex(t *testing.T) {
+	for _, buckets := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d buckets", buckets), func(t *testing.T) {
+			storetest.CheckDueIndex(t, tokencache.NewMemory(tokencache.MemoryConfig{Buckets: buckets}), 300)
+		})
+	}
+}
+
+func TestMemoryJournalExpiry(t *testing.T) {
+	ctx := context.Background()
+	clock := &fakeClock{now: time.Now()}
+	m := tokencache.NewMemory(tokencache.MemoryConfig{Now: clock.Now})
+	gen, err := m.Put(ctx, storetest.FullRecord("c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := m.Claim(ctx, "c1", gen, "owner", time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT"}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(tokencache.JournalTTL - time.Millisecond)
+	if _, err := m.Journal(ctx, "c1", l.RefreshTokenHash); err != nil {
+		t.Fatalf("Journal within its TTL: %v", err)
+	}
+	clock.Advance(time.Millisecond)
+	if _, err := m.Journal(ctx, "c1", l.RefreshTokenHash); !errors.Is(err, tokencache.ErrNotFound) {
+		t.Fatalf("Journal after its TTL: %v, want ErrNotFound", err)
 	}
 }

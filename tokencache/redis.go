@@ -17,12 +17,22 @@ import (
 // formatVersion is the record format written, in hash field "v". A reader
 // refuses formats it does not know rather than misread them; a rolling
 // upgrade that changes the format must first ship readers of the new one.
+//
+// The refresh protocol added fields (rth, fa, nb, fence and the intent, see
+// refresh.go) without a new version: every one of them is optional (absent
+// means zero, no intent, no cooldown), and readers ignore fields they do
+// not know, so records of either release read with the other. A record
+// written before has no rth until its next write; its refresh token is
+// then named by "" in leases and the journal, which is still exact, since
+// every write of this release sets rth. Replicas of the earlier release
+// take no leases, though, so they must not refresh beside this one.
 const formatVersion = "1"
 
 // Record hash fields. Times are Unix milliseconds; empty fields are deleted
 // rather than stored, so an absent field means the zero value. Besides
 // these, writeScript keeps "gen" (the generation) and "op" (the id of the
-// write that set it, which makes a resent write idempotent).
+// write that set it, which makes a resent write idempotent), and the
+// refresh protocol its own fields (see refresh.go).
 const (
 	fVersion     = "v"
 	fGeneration  = "gen"
@@ -38,6 +48,9 @@ const (
 	fNextRefresh = "nr"
 	fPath        = "path"
 	fReplay      = "replay" // JSON object
+	fRTH         = "rth"    // RefreshTokenHash
+	fFailures    = "fa"
+	fNotBefore   = "nb"
 )
 
 // maxWaitTimeout caps how long a write waits for replicas when
@@ -81,6 +94,12 @@ type Redis struct {
 	keyring      *Keyring
 	waitReplicas int
 	buckets      int
+	// rthKeys are the HMAC keys of RefreshTokenHash, one per keyring
+	// key, the sealing one first.
+	rthKeys [][]byte
+
+	hub watchHub
+	sub redisSub
 }
 
 var _ Store = (*Redis)(nil)
@@ -117,12 +136,17 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 			return nil, fmt.Errorf("redis store: waiting for replicas needs a *redis.Client or *redis.ClusterClient, not %T", cfg.Client)
 		}
 	}
+	rthKeys, err := cfg.Keyring.refreshTokenHashKeys()
+	if err != nil {
+		return nil, fmt.Errorf("redis store: %w", err)
+	}
 	return &Redis{
 		client:       cfg.Client,
 		prefix:       prefix,
 		keyring:      cfg.Keyring,
 		waitReplicas: cfg.WaitReplicas,
 		buckets:      buckets,
+		rthKeys:      rthKeys,
 	}, nil
 }
 
@@ -159,15 +183,24 @@ func (s *Redis) CompareAndSwap(ctx context.Context, rec *Record, expect int64) (
 
 // writeScript writes a whole record, if the mode allows, in one step.
 //
-//	KEYS:  record hash, tombstone, bucket schedule
+//	KEYS:  record hash, tombstone, bucket schedule, lease
 //	ARGV:  mode ("put" | "cas"), expected generation, op id, customer id,
-//	       due score (ms) or "", expire-at (ms) or "", then field/value pairs
-//	       (an empty value deletes the field)
+//	       due score (ms) or "", expire-at (ms) or "", done channel,
+//	       the refresh token's hashes under every keyring key (space
+//	       separated), then field/value pairs (an empty value deletes the
+//	       field)
 //	reply: {"ok", generation} | {"notfound"} | {"conflict"}
 //
 // The op id makes a write that the client resends (after losing the reply
 // to a timeout) report its first result instead of applying twice: without
 // it a resent CAS would see its own write as a conflict.
+//
+// A put is a new exchange: it also ends the refresh protocol's state of
+// the old token (intent, failures, cooldown, lease) and publishes the
+// customer id. A CAS leaves that state alone, and keeps the stored rth when
+// it is the same token's hash under another keyring key (the sealing key
+// was rotated since), so that a CAS that rewrites the same refresh token
+// never makes an outstanding lease's Complete see a "new" token.
 var writeScript = redis.NewScript(`
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 local cur = 0
@@ -186,14 +219,25 @@ local tomb = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 if tomb > gen then gen = tomb end
 gen = gen + 1
 local g = string.format('%d', gen)
+local keeprth = false
+if ARGV[1] == 'cas' then
+  local rth = redis.call('HGET', KEYS[1], 'rth')
+  keeprth = rth and rth ~= '' and string.find(' ' .. ARGV[8] .. ' ', ' ' .. rth .. ' ', 1, true) ~= nil
+end
 local set, del = {'gen', g, 'op', ARGV[3]}, {}
-for i = 7, #ARGV, 2 do
-  if ARGV[i + 1] == '' then
+for i = 9, #ARGV, 2 do
+  if ARGV[i] == 'rth' and keeprth then
+    -- the same token, hashed under an older key: keep its name
+  elseif ARGV[i + 1] == '' then
     del[#del + 1] = ARGV[i]
   else
     set[#set + 1] = ARGV[i]
     set[#set + 1] = ARGV[i + 1]
   end
+end
+if ARGV[1] == 'put' then
+  for _, f in ipairs({'ih', 'it', 'io', 'ia', 'if', 'co', 'fa', 'nb'}) do del[#del + 1] = f end
+  redis.call('DEL', KEYS[4])
 end
 redis.call('HSET', KEYS[1], unpack(set))
 if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
@@ -207,6 +251,7 @@ if ARGV[6] == '' then
 else
   redis.call('PEXPIREAT', KEYS[1], ARGV[6])
 end
+if ARGV[1] == 'put' then redis.call('PUBLISH', ARGV[7], ARGV[4]) end
 return {'ok', g}
 `)
 
@@ -229,11 +274,13 @@ func (s *Redis) writeOp(ctx context.Context, op string, rec *Record, mode string
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", op, err)
 	}
-	args := make([]any, 0, 6+len(fields))
+	args := make([]any, 0, 8+len(fields))
 	args = append(args, mode, strconv.FormatInt(expect, 10), opID, n.CustomerID,
-		unixMilli(n.NextRefresh), unixMilli(expiresAt(n)))
+		unixMilli(n.NextRefresh), unixMilli(expiresAt(n)), s.DoneChannel(),
+		strings.Join(s.refreshTokenHashes(n.CustomerID, n.RefreshToken), " "))
 	args = append(args, fields...)
-	keys := []string{s.RecordKey(n.CustomerID), s.TombstoneKey(n.CustomerID), s.DueKey(s.BucketOf(n.CustomerID))}
+	keys := []string{s.RecordKey(n.CustomerID), s.TombstoneKey(n.CustomerID), s.DueKey(s.BucketOf(n.CustomerID)),
+		s.LeaseKey(n.CustomerID)}
 
 	reply, err := s.run(ctx, op, writeScript, keys, args)
 	if reply == nil {
@@ -253,6 +300,9 @@ func (s *Redis) writeOp(ctx context.Context, op string, rec *Record, mode string
 		if perr != nil {
 			return 0, fmt.Errorf("%s: malformed generation in script reply", op)
 		}
+		if mode == "put" {
+			s.hub.notify(n.CustomerID) // local waiters need not wait for pub/sub
+		}
 		return gen, err // err: the write is made but not replicated enough
 	case "notfound":
 		return 0, ErrNotFound
@@ -263,14 +313,15 @@ func (s *Redis) writeOp(ctx context.Context, op string, rec *Record, mode string
 	}
 }
 
-// deleteScript removes a record and leaves a tombstone with a higher
-// generation.
+// deleteScript removes a record and its lease, leaves a tombstone with a
+// higher generation and publishes the customer id.
 //
-//	KEYS:  record hash, tombstone, bucket schedule
-//	ARGV:  customer id, tombstone TTL in seconds
+//	KEYS:  record hash, tombstone, bucket schedule, lease
+//	ARGV:  customer id, tombstone TTL in seconds, done channel
 //	reply: the tombstone's generation, 0 when there was no record
 var deleteScript = redis.NewScript(`
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
 local tomb = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
@@ -278,15 +329,20 @@ if tomb > gen then gen = tomb end
 gen = gen + 1
 redis.call('SET', KEYS[2], string.format('%d', gen), 'EX', ARGV[2])
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[3], ARGV[1])
 return gen
 `)
 
 // Delete forgets the customer's record; see Store.Delete and, for
 // WaitReplicas, Put.
 func (s *Redis) Delete(ctx context.Context, customerID string) error {
-	keys := []string{s.RecordKey(customerID), s.TombstoneKey(customerID), s.DueKey(s.BucketOf(customerID))}
-	_, err := s.run(ctx, "delete record", deleteScript, keys,
-		[]any{customerID, strconv.Itoa(int(TombstoneTTL / time.Second))})
+	keys := []string{s.RecordKey(customerID), s.TombstoneKey(customerID), s.DueKey(s.BucketOf(customerID)),
+		s.LeaseKey(customerID)}
+	reply, err := s.run(ctx, "delete record", deleteScript, keys,
+		[]any{customerID, strconv.Itoa(int(TombstoneTTL / time.Second)), s.DoneChannel()})
+	if reply != nil {
+		s.hub.notify(customerID) // local waiters need not wait for pub/sub
+	}
 	return err
 }
 
@@ -413,7 +469,30 @@ func (s *Redis) encode(rec *Record) ([]any, error) {
 		fNextRefresh, unixMilli(rec.NextRefresh),
 		fPath, rec.ExchangePath,
 		fReplay, replay,
+		fRTH, s.refreshTokenHash(rec.CustomerID, rec.RefreshToken),
 	}, nil
+}
+
+// refreshTokenHash is the RefreshTokenHash of a refresh token written now:
+// keyed with the sealing key's hash key; "" for no token.
+func (s *Redis) refreshTokenHash(customerID string, token Secret) string {
+	if token == "" {
+		return ""
+	}
+	return refreshTokenHash(s.rthKeys[0], s.prefix, customerID, token.Reveal())
+}
+
+// refreshTokenHashes is the token's hash under every keyring key, the
+// sealing one first: the names it may have been stored under.
+func (s *Redis) refreshTokenHashes(customerID string, token Secret) []string {
+	if token == "" {
+		return nil
+	}
+	out := make([]string, len(s.rthKeys))
+	for i, k := range s.rthKeys {
+		out[i] = refreshTokenHash(k, s.prefix, customerID, token.Reveal())
+	}
+	return out
 }
 
 // decode turns a record hash back into a Record, opening the tokens.
@@ -423,15 +502,21 @@ func (s *Redis) decode(customerID string, vals map[string]string) (*Record, erro
 		return nil, fmt.Errorf("record format version %q not supported", v)
 	}
 	rec := &Record{
-		CustomerID:   customerID,
-		State:        State(vals[fState]),
-		LastError:    vals[fLastError],
-		ExchangePath: vals[fPath],
-		KeyID:        vals[fKeyID],
+		CustomerID:       customerID,
+		State:            State(vals[fState]),
+		LastError:        vals[fLastError],
+		ExchangePath:     vals[fPath],
+		KeyID:            vals[fKeyID],
+		RefreshTokenHash: vals[fRTH],
 	}
 	var err error
 	if rec.Generation, err = strconv.ParseInt(vals[fGeneration], 10, 64); err != nil {
 		return nil, fmt.Errorf("field %s: malformed", fGeneration)
+	}
+	if fa := vals[fFailures]; fa != "" {
+		if rec.Failures, err = strconv.Atoi(fa); err != nil {
+			return nil, fmt.Errorf("field %s: malformed", fFailures)
+		}
 	}
 	for _, f := range []struct {
 		name string
@@ -442,6 +527,7 @@ func (s *Redis) decode(customerID string, vals map[string]string) (*Record, erro
 		{fLastRefresh, &rec.LastRefresh},
 		{fLastUsed, &rec.LastUsed},
 		{fNextRefresh, &rec.NextRefresh},
+		{fNotBefore, &rec.NotBefore},
 	} {
 		if *f.dst, err = parseUnixMilli(vals[f.name]); err != nil {
 			return nil, fmt.Errorf("field %s: malformed", f.name)

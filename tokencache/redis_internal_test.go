@@ -73,6 +73,86 @@ func TestRedisResentWriteAppliesOnce(t *testing.T) {
 	}
 }
 
+// TestRedisResentProtocolAppliesOnce: a Claim or Complete that go-redis
+// resends after a lost reply reports its first result. A resent Claim must
+// not find its own lease "held", a resent Refreshed not call its own new
+// token a conflict.
+func TestRedisResentProtocolAppliesOnce(t *testing.T) {
+	r := testenv.StartRedis(t)
+	client := redis.NewClient(&redis.Options{Addr: r.Addr})
+	t.Cleanup(func() { client.Close() })
+	kr, err := ParseKeyring("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewRedis(RedisConfig{Client: client, Keyring: kr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	rec := &Record{CustomerID: "c1", AccessToken: "a1", RefreshToken: "r1", AccessTokenExpiry: time.Now().Add(time.Hour)}
+	gen, err := s.Put(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, kind := range []OutcomeKind{Unknown, Refused, Refreshed} {
+		t.Run(kind.String(), func(t *testing.T) {
+			first, err := s.claimOp(ctx, "c1", gen, "owner", time.Minute, false, "claim-"+kind.String())
+			if err != nil {
+				t.Fatalf("claim: %v", err)
+			}
+			again, err := s.claimOp(ctx, "c1", gen, "owner", time.Minute, false, "claim-"+kind.String())
+			if err != nil {
+				t.Fatalf("resent claim: %v", err)
+			}
+			if again.Fence != first.Fence || again.Attempt != first.Attempt || again.Represent != first.Represent ||
+				again.RefreshTokenHash != first.RefreshTokenHash || again.Generation != first.Generation {
+				t.Fatalf("resent claim %+v, first %+v", again, first)
+			}
+			// Another claim is still refused.
+			if _, err := s.Claim(ctx, "c1", gen, "owner", time.Minute, true); !errors.Is(err, ErrLeaseHeld) {
+				t.Fatalf("another claim: %v, want ErrLeaseHeld", err)
+			}
+
+			o := Outcome{Kind: kind, Code: "CODE", Backoff: 0}
+			if kind == Refreshed {
+				o = Outcome{Kind: kind, Record: &Record{AccessToken: "a2", RefreshToken: "r2", AccessTokenExpiry: time.Now().Add(time.Hour)}}
+			}
+			g1, err := s.completeOp(ctx, first, o, "complete-"+kind.String())
+			if err != nil {
+				t.Fatalf("complete: %v", err)
+			}
+			g2, err := s.completeOp(ctx, first, o, "complete-"+kind.String())
+			if err != nil {
+				t.Fatalf("resent complete: %v", err)
+			}
+			got, err := s.Get(ctx, "c1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g2 != g1 || got.Generation != g1 {
+				t.Fatalf("resent complete: generation %d, first %d, stored %d", g2, g1, got.Generation)
+			}
+			if kind != Refreshed && got.Failures != 1 {
+				t.Fatalf("failures %d after one %v applied twice?", got.Failures, kind)
+			}
+			gen = g1
+			if kind == Unknown {
+				// Reset the failure count for the next kind.
+				l, err := s.Claim(ctx, "c1", gen, "owner", time.Minute, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if gen, err = s.Complete(ctx, l, Outcome{Kind: Refreshed, Record: rec}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func TestWaitTimeout(t *testing.T) {
 	bg := context.Background()
 	short, cancel1 := context.WithTimeout(bg, 200*time.Millisecond)

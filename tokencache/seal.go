@@ -4,6 +4,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -167,6 +168,33 @@ func (rk *ringKey) aead(prefix, customerID string) (cipher.AEAD, error) {
 		return nil, err
 	}
 	return cipher.NewGCM(block)
+}
+
+// refreshTokenHashInfo is the HKDF info of the key that hashes refresh
+// tokens (Record.RefreshTokenHash).
+const refreshTokenHashInfo = "tokenproxy refresh token hash"
+
+// refreshTokenHashKeys derives, from every key of the keyring (the sealing
+// one first), the HMAC key of RefreshTokenHash. The hash is keyed so that
+// a reader of Redis cannot test a guessed token against it.
+func (k *Keyring) refreshTokenHashKeys() ([][]byte, error) {
+	out := make([][]byte, len(k.keys))
+	for i, rk := range k.keys {
+		dk, err := hkdf.Key(sha256.New, rk.key, nil, refreshTokenHashInfo, sha256.Size)
+		if err != nil {
+			return nil, fmt.Errorf("derive refresh token hash key: %w", err)
+		}
+		out[i] = dk
+	}
+	return out, nil
+}
+
+// refreshTokenHash is the hex of the first 16 bytes of
+// HMAC-SHA256(key, prefix NUL customerID NUL token).
+func refreshTokenHash(key []byte, prefix, customerID, token string) string {
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(prefix + "\x00" + customerID + "\x00" + token))
+	return hex.EncodeToString(mac.Sum(nil)[:16])
 }
 
 // additionalData separates its parts with NUL, which neither a key prefix

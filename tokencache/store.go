@@ -66,6 +66,24 @@ type Record struct {
 	// KeyID is read-only: the id of the keyring key that sealed the stored
 	// tokens ("" for the memory store, which does not seal).
 	KeyID string
+
+	// The fields below are read-only too: the store sets them on read and
+	// ignores them on write (see RefreshStore).
+
+	// RefreshTokenHash names the stored refresh token without revealing
+	// it: 32 hex digits, set by the store at every write that stores a
+	// refresh token ("" when there is none). Leases, intents and journal
+	// entries refer to the token by it. The Redis store keys it (HMAC under
+	// a key derived from the keyring), so it reveals nothing about the
+	// token; the memory store uses a plain hash, which never leaves the
+	// process.
+	RefreshTokenHash string
+	// Failures counts the transient failures (Refused, Unknown outcomes)
+	// since the last successful refresh or exchange.
+	Failures int
+	// NotBefore is the end of the cooldown after a transient failure: no
+	// presentation may start before it (zero: none).
+	NotBefore time.Time
 }
 
 const (
@@ -161,6 +179,9 @@ func normalize(rec *Record) *Record {
 	}
 	c.Generation = 0
 	c.KeyID = ""
+	c.RefreshTokenHash = ""
+	c.Failures = 0
+	c.NotBefore = time.Time{}
 	return &c
 }
 
