@@ -36,7 +36,7 @@ type Metrics struct {
 }
 
 // Store operations of tokenproxy_store_errors_total.
-var storeOps = []string{"get", "put", "cas", "delete", "ping"}
+var storeOps = []string{"get", "put", "cas", "delete", "ping", "claim", "complete", "due", "census"}
 
 // NewMetrics creates the families and registers them on reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {

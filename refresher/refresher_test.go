@@ -50,6 +50,12 @@ func (f *fakeWallet) ApplyToken(ctx context.Context, path string, body []byte, _
 	}, nil, nil
 }
 
+func (f *fakeWallet) setErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+}
+
 type clock struct {
 	mu sync.Mutex
 	t  time.Time
@@ -76,12 +82,19 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{clock: c, wallet: &fakeWallet{ttl: time.Hour, now: c.now}}
 	f.store = tokencache.NewMemory(tokencache.MemoryConfig{Now: c.now})
 	f.metrics = NewMetrics(prometheus.NewRegistry())
-	f.r = New(Config{
-		Store: f.store, Wallet: f.wallet, Metrics: f.metrics, Now: c.now,
-		RefreshBefore: 5 * time.Minute, RefreshRate: 1000, UpstreamTimeout: 5 * time.Second, CacheMaxEntries: 10,
-	})
-	t.Cleanup(f.r.Close)
+	f.r = f.replica(t, "r1", f.metrics)
 	return f
+}
+
+// replica is another Refresher (a replica) on the fixture's store and wallet.
+func (f *fixture) replica(t *testing.T, owner string, m *Metrics) *Refresher {
+	r := New(Config{
+		Store: f.store, Wallet: f.wallet, Metrics: m, Now: f.clock.now, Owner: owner,
+		RefreshBefore: 5 * time.Minute, RefreshRate: 1000, UpstreamTimeout: 5 * time.Second,
+		Lease: 5 * time.Second, CacheMaxEntries: 10,
+	})
+	t.Cleanup(r.Close)
+	return r
 }
 
 func (f *fixture) install(t *testing.T, ttl time.Duration, refreshExpiry time.Time) {
@@ -229,10 +242,18 @@ func TestTransientFailuresCoolDownAndNeverEndCustomer(t *testing.T) {
 			f := newFixture(t)
 			f.install(t, time.Minute, time.Time{})
 			f.clock.add(2 * time.Minute)
-			f.wallet.err = werr
-			for range 5 { // within the cooldown: no further wallet call
-				if _, err := f.r.Token(ctx(t), "c1"); err == nil || errors.Is(err, ErrReauthorizationRequired) {
-					t.Fatalf("err %v", err)
+			f.wallet.setErr(werr)
+			if _, err := f.r.Token(ctx(t), "c1"); err == nil || errors.Is(err, ErrReauthorizationRequired) {
+				t.Fatalf("err %v", err)
+			}
+			for range 5 { // within the cooldown: a fast error, no further wallet call
+				_, err := f.r.Token(ctx(t), "c1")
+				var cd *CooldownError
+				if !errors.As(err, &cd) {
+					t.Fatalf("err %v, want a cooldown", err)
+				}
+				if name == "timeout" && !errors.Is(err, wallet.ErrTimeout) || name != "timeout" && !errors.Is(err, wallet.ErrUnavailable) {
+					t.Fatalf("cooldown error %v unwraps to the wrong class", err)
 				}
 			}
 			if n := f.wallet.calls.Load(); n != 1 {
@@ -243,16 +264,17 @@ func TestTransientFailuresCoolDownAndNeverEndCustomer(t *testing.T) {
 				t.Fatalf("status %+v", st)
 			}
 			// After the cooldown the next call tries again, and recovers on S.
-			f.clock.add(cooldownMax)
-			f.wallet.mu.Lock()
-			f.wallet.err = nil
-			f.wallet.mu.Unlock()
+			f.clock.add(backoffMax)
+			f.wallet.setErr(nil)
 			if _, err := f.r.Token(ctx(t), "c1"); err != nil {
 				t.Fatalf("after the cooldown: %v", err)
 			}
 			st, _ = f.r.Status(ctx(t), "c1")
 			if st.State != StateValid || st.LastError != nil {
 				t.Fatalf("status %+v", st)
+			}
+			if n := f.wallet.calls.Load(); n != 2 {
+				t.Fatalf("%d calls, want 2", n)
 			}
 		})
 	}
@@ -328,5 +350,182 @@ func TestNextRefresh(t *testing.T) {
 	// Short-lived tokens: the lead is capped at half the life.
 	if got := f.r.nextRefresh(now, now.Add(time.Minute)); !got.Equal(now.Add(30 * time.Second)) {
 		t.Fatalf("one minute token due at %v", got.Sub(now))
+	}
+}
+
+func TestReplicasShareOneRefresh(t *testing.T) {
+	f := newFixture(t)
+	r2 := f.replica(t, "r2", NewMetrics(prometheus.NewRegistry()))
+	f.install(t, time.Minute, time.Time{})
+	f.clock.add(2 * time.Minute)
+	f.wallet.gate = make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 40 {
+		r := f.r
+		if i%2 == 1 {
+			r = r2
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := r.Token(ctx(t), "c1")
+			errs <- err
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.wallet.calls.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(f.wallet.gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.wallet.calls.Load(); n != 1 {
+		t.Fatalf("%d refresh calls from two replicas, want 1", n)
+	}
+}
+
+func TestLostRotationCountedOnce(t *testing.T) {
+	f := newFixture(t)
+	f.install(t, time.Minute, time.Time{})
+	f.clock.add(2 * time.Minute)
+	f.wallet.setErr(wallet.ErrTimeout) // the answer is lost
+	if _, err := f.r.Token(ctx(t), "c1"); err == nil {
+		t.Fatal("no error")
+	}
+	f.clock.add(backoffMax)
+	f.wallet.setErr(&wallet.Error{HTTPStatus: 200, Result: wallet.Result{ResultStatus: "F", ResultCode: wallet.CodeUsedRefreshToken}})
+	if _, err := f.r.Token(ctx(t), "c1"); !errors.Is(err, ErrReauthorizationRequired) {
+		t.Fatalf("err %v", err)
+	}
+	if got := testutil.ToFloat64(f.metrics.lostRotations); got != 1 {
+		t.Fatalf("lost rotations %v", got)
+	}
+	f.clock.add(time.Hour)
+	for range 3 {
+		if _, err := f.r.Token(ctx(t), "c1"); !errors.Is(err, ErrReauthorizationRequired) {
+			t.Fatalf("err %v", err)
+		}
+	}
+	if n := f.wallet.calls.Load(); n != 2 {
+		t.Fatalf("%d presentations, want exactly 2", n)
+	}
+}
+
+func TestRefusedIsNotALostRotation(t *testing.T) {
+	f := newFixture(t)
+	f.install(t, time.Minute, time.Time{})
+	f.clock.add(2 * time.Minute)
+	f.wallet.setErr(&wallet.Error{HTTPStatus: 200, Result: wallet.Result{ResultStatus: "F", ResultCode: wallet.CodeTrafficExceedLimit}})
+	_, _ = f.r.Token(ctx(t), "c1")
+	f.clock.add(backoffMax)
+	f.wallet.setErr(&wallet.Error{HTTPStatus: 200, Result: wallet.Result{ResultStatus: "F", ResultCode: wallet.CodeUsedRefreshToken}})
+	_, _ = f.r.Token(ctx(t), "c1")
+	if got := testutil.ToFloat64(f.metrics.lostRotations); got != 0 {
+		t.Fatalf("lost rotations %v after a refused presentation", got)
+	}
+}
+
+// failingStore fails Complete while down is set: the pair must be served
+// from memory and written once the store is back.
+type failingStore struct {
+	*tokencache.Memory
+	down atomic.Bool
+}
+
+func (s *failingStore) Complete(ctx context.Context, l *tokencache.Lease, o tokencache.Outcome) (int64, error) {
+	if s.down.Load() {
+		return 0, tokencache.ErrUnavailable
+	}
+	return s.Memory.Complete(ctx, l, o)
+}
+
+func TestRefreshedPairNeverThrownAway(t *testing.T) {
+	f := newFixture(t)
+	fs := &failingStore{Memory: f.store}
+	fs.down.Store(true)
+	r := New(Config{Store: fs, Wallet: f.wallet, Metrics: NewMetrics(prometheus.NewRegistry()), Now: f.clock.now,
+		RefreshRate: 1000, Lease: 5 * time.Second})
+	t.Cleanup(r.Close)
+	f.install(t, time.Minute, time.Time{})
+	f.clock.add(2 * time.Minute)
+	tok, err := r.Token(ctx(t), "c1")
+	if err != nil || tok.Value.Reveal() != "access-1" {
+		t.Fatalf("token %v, err %v", tok, err)
+	}
+	// Served from memory while the store does not hold it.
+	if tok, err = r.Token(ctx(t), "c1"); err != nil || tok.Value.Reveal() != "access-1" {
+		t.Fatalf("second call: %v %v", tok, err)
+	}
+	fs.down.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, _ := f.store.Get(ctx(t), "c1")
+		if rec.AccessToken.Reveal() == "access-1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the kept pair was never written")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := f.wallet.calls.Load(); n != 1 {
+		t.Fatalf("%d calls", n)
+	}
+}
+
+func TestSchedulerRefreshesDueCustomers(t *testing.T) {
+	f := newFixture(t)
+	for i := range 20 {
+		id := "s" + string(rune('a'+i))
+		if err := f.r.Install(ctx(t), Exchange{Path: "/v1/authorizations/applyToken", Pair: &wallet.TokenResponse{
+			CustomerID: id, AccessToken: "a", AccessTokenExpiry: f.clock.now().Add(time.Hour), RefreshToken: wallet.Secret("r" + id),
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.r.scheduleOnce(ctx(t)) // nothing due yet
+	f.r.wg.Wait()
+	if n := f.wallet.calls.Load(); n != 0 {
+		t.Fatalf("%d refreshes before anything was due", n)
+	}
+	f.clock.add(56 * time.Minute)
+	f.r.scheduleOnce(ctx(t))
+	deadline := time.Now().Add(10 * time.Second)
+	for f.wallet.calls.Load() < 20 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.r.scheduleOnce(ctx(t)) // refreshed ones are no longer due
+	time.Sleep(50 * time.Millisecond)
+	if n := f.wallet.calls.Load(); n != 20 {
+		t.Fatalf("%d refreshes for 20 due customers", n)
+	}
+}
+
+func TestIdleCustomerNotRefreshedAhead(t *testing.T) {
+	f := newFixture(t)
+	r := New(Config{Store: f.store, Wallet: f.wallet, Metrics: NewMetrics(prometheus.NewRegistry()), Now: f.clock.now,
+		RefreshBefore: 5 * time.Minute, RefreshRate: 1000, IdleAfter: 10 * time.Minute})
+	t.Cleanup(r.Close)
+	refreshExpiry := f.clock.now().Add(30 * 24 * time.Hour)
+	f.install(t, time.Hour, refreshExpiry)
+	f.clock.add(56 * time.Minute) // due, and idle for 56 minutes
+	r.scheduled(ctx(t), "c1")
+	if n := f.wallet.calls.Load(); n != 0 {
+		t.Fatalf("idle customer refreshed ahead (%d calls)", n)
+	}
+	rec, _ := f.store.Get(ctx(t), "c1")
+	if want := refreshExpiry.Add(-keepAliveLead); !rec.NextRefresh.Equal(want.Truncate(time.Millisecond)) {
+		t.Fatalf("idle customer rescheduled at %v, want the keep-alive %v", rec.NextRefresh, want)
+	}
+	// Its next call refreshes it on demand.
+	f.clock.add(10 * time.Minute)
+	if _, err := r.Token(ctx(t), "c1"); err != nil || f.wallet.calls.Load() != 1 {
+		t.Fatalf("on-demand refresh of an idle customer: %v, %d calls", err, f.wallet.calls.Load())
 	}
 }

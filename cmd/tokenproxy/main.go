@@ -3,6 +3,7 @@
 //	tokenproxy            serve (settings from the environment)
 //	tokenproxy -h         print every setting with its default
 //	tokenproxy version    print the version
+//	tokenproxy import FILE  import NDJSON token pairs (- for standard input)
 package main
 
 import (
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/tokenproxy/tokenproxy/proxy"
@@ -48,6 +50,8 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 			fmt.Fprintln(stdout, "tokenproxy: token-managing sidecar for wallet OpenAPIs.\n\nUsage:\n  tokenproxy               serve\n  tokenproxy version       print the version\n  tokenproxy import FILE   import NDJSON token pairs (- for standard input)\n\nSettings (environment):")
 			printSettings(stdout)
 			return 0
+		case "import":
+			return runImport(ctx, args[1:], env, os.Stdin, stdout, stderr)
 		case "version", "-version", "--version":
 			fmt.Fprintln(stdout, "tokenproxy", version)
 			return 0
@@ -62,6 +66,7 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	redis.SetLogger(redisLogger{log})
 	if err := serve(ctx, cfg, log); err != nil {
 		var ce *configError
 		if errors.As(err, &ce) {
@@ -82,6 +87,14 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// redisLogger routes go-redis's own messages (dial failures, reconnects)
+// into the process's structured log. They carry addresses, never data.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Log(ctx, slog.LevelWarn, "redis client", "detail", fmt.Sprintf(format, v...))
 }
 
 // serve runs the sidecar until ctx ends or SIGTERM/SIGINT, then drains.
@@ -128,6 +141,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		RefreshBefore:   cfg.RefreshBefore,
 		RefreshJitter:   cfg.RefreshJitter,
 		RefreshRate:     cfg.RefreshRate,
+		Lease:           cfg.RefreshLease,
+		IdleAfter:       cfg.RefreshIdleAfter,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		CacheMaxEntries: cfg.CacheMaxEntries,
 		Metrics:         refresher.NewMetrics(reg),
@@ -174,11 +189,15 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	log.Info("tokenproxy serving", "version", version, "listen", appLn.Addr().String(), "ops", opsLn.Addr().String(),
 		"wallet", base.Redacted(), "store", storeKind(cfg))
 
-	pingDone := make(chan struct{})
-	pingCtx, stopPing := context.WithCancel(ctx)
+	bgDone := make(chan struct{}, 2)
+	bgCtx, stopBackground := context.WithCancel(ctx)
 	go func() {
-		defer close(pingDone)
-		pingStore(pingCtx, ref, &ready, log)
+		defer func() { bgDone <- struct{}{} }()
+		pingStore(bgCtx, ref, &ready, log)
+	}()
+	go func() {
+		defer func() { bgDone <- struct{}{} }()
+		ref.Run(bgCtx)
 	}()
 
 	select {
@@ -188,8 +207,9 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Error("listener failed", "err", err)
 	}
 	ready.shuttingDown.Store(true)
-	stopPing()
-	<-pingDone
+	stopBackground()
+	<-bgDone
+	<-bgDone
 
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -219,7 +239,7 @@ func storeKind(cfg *Config) string {
 }
 
 // openStore builds the token store the settings name.
-func openStore(cfg *Config, log *slog.Logger) (tokencache.Store, func(), error) {
+func openStore(cfg *Config, log *slog.Logger) (tokencache.RefreshStore, func(), error) {
 	if !cfg.usesRedis() {
 		log.Warn("no Redis configured: using the in-memory token store; tokens are not shared between replicas and are lost on restart (run one replica only)")
 		return tokencache.NewMemory(tokencache.MemoryConfig{}), func() {}, nil
@@ -255,7 +275,7 @@ func openStore(cfg *Config, log *slog.Logger) (tokencache.Store, func(), error) 
 		rc.Close()
 		return nil, nil, fmt.Errorf("redis store: %w", err)
 	}
-	return store, func() { rc.Close() }, nil
+	return store, func() { store.Close(); rc.Close() }, nil
 }
 
 // readiness is /readyz: ready once the store has answered once since

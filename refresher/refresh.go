@@ -1,0 +1,350 @@
+package refresher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/tokenproxy/tokenproxy/tokencache"
+	"github.com/tokenproxy/tokenproxy/wallet"
+)
+
+// The refresh protocol, as design.md lays it down ("Exactly one refresh per
+// refresh token"):
+//
+//  1. Claim: a lease plus an intent in the store, in one script, only if
+//     no live lease exists and the record still holds the refresh token we
+//     read (by generation). The store's clock decides.
+//  2. Call: the wallet call runs under a deadline that ends a margin before
+//     the lease could lapse; a watchdog renews the lease every lease/3 and
+//     moves the deadline on each confirmed renewal. A renewal that fails
+//     lets the deadline pass: the call is cancelled rather than run on
+//     without a lease.
+//  3. Complete: the outcome is written only while the record still holds
+//     the spent refresh token and no tombstone is newer; the lease need not
+//     be held. An S pair the store cannot take is kept in memory and
+//     written when the store is back (pending.go).
+//  4. Waiters on any replica are woken through the store's Watch and poll
+//     as a fallback, each bounded by its own deadline.
+//  5. Unknown outcomes keep the intent: the next claimer presents the same
+//     token once more; USED_REFRESH_TOKEN then is a lost rotation.
+//  6. Only INVALID/EXPIRED/USED_REFRESH_TOKEN end a customer; every other
+//     failure backs off (capped, jittered) in the store, so every replica
+//     honours it.
+
+// Backoff of transient failures: 1 s doubling to 30 s, with jitter.
+const (
+	backoffBase = time.Second
+	backoffMax  = 30 * time.Second
+)
+
+// pollEvery bounds how long a waiter sleeps between two looks at the store
+// when no notification arrives.
+const pollEvery = 250 * time.Millisecond
+
+// maxRounds bounds the claim loop of one refresh.
+const maxRounds = 1000
+
+// refresh makes sure the customer is refreshed past done: it runs one
+// refresh in this process per customer and trigger (callers join it),
+// detached from the caller, and waits for it at most until ctx ends.
+func (r *Refresher) refresh(ctx context.Context, customerID, trigger string, done func(*tokencache.Record) bool) (*tokencache.Record, error) {
+	ch := r.flights.DoChan(customerID+"\x00"+trigger, func() (any, error) {
+		r.wg.Add(1)
+		defer r.wg.Done()
+		runCtx, cancel := context.WithTimeout(r.ctx, r.refreshBudget())
+		defer cancel()
+		return r.run(runCtx, customerID, trigger, done)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*tokencache.Record), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for refresh: %w: %w", wallet.ErrTimeout, ctx.Err())
+	}
+}
+
+// run is one refresh: read, claim or wait, present, complete.
+func (r *Refresher) run(ctx context.Context, customerID, trigger string, done func(*tokencache.Record) bool) (*tokencache.Record, error) {
+	r.setRefreshing(customerID, true)
+	defer r.setRefreshing(customerID, false)
+	watch, stop := r.cfg.Store.Watch(customerID)
+	defer stop()
+
+	for range maxRounds {
+		rec, err := r.get(ctx, customerID)
+		if err != nil {
+			return nil, err
+		}
+		if rec.State == tokencache.StateReauthorizationRequired {
+			return nil, ErrReauthorizationRequired
+		}
+		if done(rec) {
+			return rec, nil
+		}
+		if !rec.RefreshTokenExpiry.IsZero() && !r.now().Before(rec.RefreshTokenExpiry) {
+			// Never present a refresh token past its expiry: the answer is known.
+			return nil, r.expireRefreshToken(ctx, rec, trigger)
+		}
+		if err := r.takeRate(ctx, trigger != TriggerScheduled); err != nil {
+			return nil, fmt.Errorf("refresh rate: %w: %w", wallet.ErrTimeout, err)
+		}
+		claimedAt := time.Now()
+		lease, err := r.cfg.Store.Claim(ctx, customerID, rec.Generation, r.cfg.Owner, r.cfg.Lease, trigger == TriggerForced)
+		var held *tokencache.LeaseHeldError
+		var cool *tokencache.BackoffError
+		switch {
+		case err == nil:
+			r.storeOK()
+			return r.present(ctx, rec, lease, claimedAt, trigger)
+		case errors.Is(err, tokencache.ErrConflict):
+			continue // the record changed since we read it: read again
+		case errors.As(err, &held):
+			if trigger == TriggerScheduled {
+				return rec, nil // another replica is on it
+			}
+			r.wait(ctx, watch, min(held.TTL, pollEvery))
+		case errors.As(err, &cool):
+			return nil, &CooldownError{LastError: cool.LastError, Remaining: cool.Remaining}
+		case errors.Is(err, tokencache.ErrNotActive):
+			return nil, ErrReauthorizationRequired
+		case errors.Is(err, tokencache.ErrNotFound):
+			return nil, ErrNotAuthorized
+		default:
+			r.storeFailed("claim")
+			return nil, fmt.Errorf("claim refresh: %w", err)
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("wait for refresh: %w: %w", wallet.ErrTimeout, ctx.Err())
+		}
+	}
+	return nil, fmt.Errorf("refresh: %w: gave up after %d rounds", wallet.ErrUnavailable, maxRounds)
+}
+
+// wait sleeps until the store says the customer changed, or d passes.
+func (r *Refresher) wait(ctx context.Context, watch <-chan struct{}, d time.Duration) {
+	t := time.NewTimer(max(d, 10*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-watch:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// present presents the claimed refresh token once and records the outcome.
+func (r *Refresher) present(ctx context.Context, rec *tokencache.Record, lease *tokencache.Lease, claimedAt time.Time, trigger string) (*tokencache.Record, error) {
+	body, err := wallet.RefreshBody(wallet.Secret(rec.RefreshToken.Reveal()), rec.Replay)
+	if err != nil {
+		_ = r.cfg.Store.Release(ctx, lease)
+		return nil, fmt.Errorf("build refresh body: %w", err)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, r.cfg.UpstreamTimeout)
+	wd := r.watch(callCtx, cancel, lease, claimedAt)
+	start := time.Now()
+	pair, _, callErr := r.cfg.Wallet.ApplyToken(callCtx, rec.ExchangePath, body, nil)
+	cancel()
+	wd.Wait()
+	r.cfg.Metrics.refreshSeconds.Observe(time.Since(start).Seconds())
+
+	o, result := r.outcome(rec, pair, callErr)
+	r.cfg.Metrics.refreshes.WithLabelValues(trigger, result, metricCode(o)).Inc()
+	if o.Kind == tokencache.Rejected && o.Code == wallet.CodeUsedRefreshToken && lease.Represent {
+		r.cfg.Metrics.lostRotations.Inc()
+		r.log.Error("lost rotation: the wallet rotated the refresh token but its answer was lost; the customer must authorize again",
+			"customer", rec.CustomerID, "presentations", lease.Attempt)
+	}
+	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
+	defer wcancel()
+	gen, err := r.cfg.Store.Complete(wctx, lease, o)
+	switch {
+	case err == nil:
+		r.storeOK()
+	case errors.Is(err, tokencache.ErrNotFound):
+		r.log.Info("customer deleted during its refresh; the outcome is not written back", "customer", rec.CustomerID)
+		return nil, ErrNotAuthorized
+	case errors.Is(err, tokencache.ErrConflict):
+		r.log.Info("customer re-authorized during its refresh; the newer exchange stands", "customer", rec.CustomerID)
+		return r.get(ctx, rec.CustomerID)
+	default:
+		r.storeFailed("complete")
+		if o.Kind != tokencache.Refreshed {
+			return nil, fmt.Errorf("record refresh outcome: %w", err)
+		}
+		// Never throw an S pair away: keep it, serve it, write it later.
+		next := r.pending.add(lease, o)
+		r.log.Error("token store unavailable: refreshed pair kept in memory until it can be written", "customer", rec.CustomerID, "err", err)
+		return next, nil
+	}
+	switch o.Kind {
+	case tokencache.Refreshed:
+		next := *o.Record
+		next.Generation = gen
+		r.cache.put(&next)
+		r.log.Info("tokens refreshed", "customer", rec.CustomerID, "trigger", trigger,
+			"access_token_expiry", next.AccessTokenExpiry, "attempt", lease.Attempt)
+		return &next, nil
+	case tokencache.Rejected:
+		r.log.Warn("refresh token refused: the customer must authorize again", "customer", rec.CustomerID, "code", o.Code)
+		return nil, ErrReauthorizationRequired
+	default:
+		r.log.Warn("refresh failed; backing off", "customer", rec.CustomerID, "trigger", trigger,
+			"code", o.Code, "outcome", o.Kind, "backoff", o.Backoff, "err", callErr)
+		return nil, fmt.Errorf("refresh: %w", callErr)
+	}
+}
+
+// storeWriteTimeout bounds the store write that records an outcome.
+const storeWriteTimeout = 5 * time.Second
+
+// outcome classifies a presentation's result.
+func (r *Refresher) outcome(rec *tokencache.Record, pair *wallet.TokenResponse, err error) (tokencache.Outcome, string) {
+	if err == nil {
+		now := r.now()
+		next := *rec
+		next.AccessToken = tokencache.Secret(pair.AccessToken.Reveal())
+		next.AccessTokenExpiry = pair.AccessTokenExpiry
+		next.RefreshToken = tokencache.Secret(pair.RefreshToken.Reveal())
+		next.RefreshTokenExpiry = pair.RefreshTokenExpiry
+		next.State = tokencache.StateActive
+		next.LastError = ""
+		next.LastRefresh = now
+		next.NextRefresh = r.nextRefresh(now, pair.AccessTokenExpiry)
+		if pair.CustomerID != rec.CustomerID {
+			r.log.Warn("wallet refreshed a token for another customer id; kept under the original", "customer", rec.CustomerID)
+		}
+		return tokencache.Outcome{Kind: tokencache.Refreshed, Record: &next}, "success"
+	}
+	backoff := backoffFor(rec.Failures + 1)
+	var werr *wallet.Error
+	switch {
+	case errors.As(err, &werr) && werr.ResultStatus == wallet.StatusFailed && wallet.IsRefreshTokenRejection(werr.ResultCode):
+		return tokencache.Outcome{Kind: tokencache.Rejected, Code: werr.ResultCode}, "failure"
+	case errors.As(err, &werr) && werr.ResultStatus == wallet.StatusFailed:
+		// Refused, not processed (rate limit, signature, key, client,
+		// parameter): the token is known unused.
+		return tokencache.Outcome{Kind: tokencache.Refused, Code: werr.ResultCode, Backoff: backoff}, "failure"
+	case errors.As(err, &werr):
+		return tokencache.Outcome{Kind: tokencache.Unknown, Code: werr.ResultCode, Backoff: backoff}, "unknown"
+	case errors.Is(err, wallet.ErrTimeout):
+		return tokencache.Outcome{Kind: tokencache.Unknown, Code: wallet.CodeWalletTimeout, Backoff: backoff}, "unknown"
+	case errors.Is(err, wallet.ErrBadSignature):
+		return tokencache.Outcome{Kind: tokencache.Unknown, Code: wallet.CodeInvalidWalletSignature, Backoff: backoff}, "unknown"
+	case errors.Is(err, wallet.ErrMalformed):
+		// An S we cannot use: the wallet may have rotated the token.
+		return tokencache.Outcome{Kind: tokencache.Unknown, Code: wallet.CodeWalletUnavailable, Backoff: backoff}, "unknown"
+	default:
+		return tokencache.Outcome{Kind: tokencache.Unknown, Code: wallet.CodeWalletUnavailable, Backoff: backoff}, "unknown"
+	}
+}
+
+func metricCode(o tokencache.Outcome) string {
+	if o.Kind == tokencache.Refreshed {
+		return wallet.CodeSuccess
+	}
+	return o.Code
+}
+
+// backoffFor is the cooldown after the n-th consecutive transient failure:
+// 1 s doubling to 30 s, jittered to between half and all of it.
+func backoffFor(n int) time.Duration {
+	d := min(backoffBase<<min(max(n-1, 0), 5), backoffMax)
+	return d/2 + randN(d/2+1)
+}
+
+func randN(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d)
+}
+
+// watch starts the lease watchdog of one wallet call: it renews the lease
+// every lease/3 and cancels the call when the lease could lapse before the
+// next confirmed renewal (its last confirmation + lease - margin). The
+// returned WaitGroup is done when the watchdog has stopped (after callCtx
+// ends).
+func (r *Refresher) watch(callCtx context.Context, cancel context.CancelFunc, lease *tokencache.Lease, claimedAt time.Time) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	ttl := r.cfg.Lease
+	margin := min(ttl/5, time.Second)
+	deadline := claimedAt.Add(ttl - margin)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		renew := time.NewTicker(ttl / 3)
+		defer renew.Stop()
+		expire := time.NewTimer(time.Until(deadline))
+		defer expire.Stop()
+		for {
+			select {
+			case <-callCtx.Done():
+				return
+			case <-expire.C:
+				r.log.Warn("lease could lapse before the wallet answered: call cancelled", "customer", lease.CustomerID)
+				cancel()
+				return
+			case <-renew.C:
+				sent := time.Now()
+				rctx, rcancel := context.WithTimeout(callCtx, ttl/3)
+				_, err := r.cfg.Store.Renew(rctx, lease, ttl)
+				rcancel()
+				if err != nil {
+					if callCtx.Err() == nil {
+						r.log.Warn("lease renewal failed", "customer", lease.CustomerID, "err", err)
+					}
+					if errors.Is(err, tokencache.ErrLeaseLost) {
+						cancel()
+						return
+					}
+					continue // the deadline of the last confirmation stands
+				}
+				deadline = sent.Add(ttl - margin)
+				expire.Reset(time.Until(deadline))
+			}
+		}
+	}()
+	return &wg
+}
+
+// expireRefreshToken ends a customer whose refresh token is past its
+// expiry, without a wallet call.
+func (r *Refresher) expireRefreshToken(ctx context.Context, rec *tokencache.Record, trigger string) error {
+	next := *rec
+	next.State = tokencache.StateReauthorizationRequired
+	next.LastError = wallet.CodeExpiredRefreshToken
+	next.NextRefresh = time.Time{}
+	if _, err := r.cfg.Store.CompareAndSwap(ctx, &next, rec.Generation); err != nil &&
+		!errors.Is(err, tokencache.ErrConflict) && !errors.Is(err, tokencache.ErrNotFound) {
+		r.storeFailed("cas")
+		return fmt.Errorf("record expired refresh token: %w", err)
+	}
+	r.log.Warn("refresh token expired: the customer must authorize again", "customer", rec.CustomerID, "trigger", trigger)
+	return ErrReauthorizationRequired
+}
+
+// takeRate waits for the refresh rate limiter. Urgent refreshes (a caller
+// waits) go ahead: scheduled ones wait while any urgent one is queued.
+func (r *Refresher) takeRate(ctx context.Context, urgent bool) error {
+	if urgent {
+		r.urgent.Add(1)
+		defer r.urgent.Add(-1)
+		return r.limiter.Wait(ctx)
+	}
+	for r.urgent.Load() > 0 {
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return r.limiter.Wait(ctx)
+}
