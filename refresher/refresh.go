@@ -93,16 +93,23 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 			return nil, r.expireRefreshToken(ctx, rec, trigger)
 		}
 		if err := r.takeRate(ctx, trigger != TriggerScheduled); err != nil {
+			if errors.Is(err, errRateBusy) {
+				return rec, nil // still due: a later tick takes it
+			}
 			return nil, fmt.Errorf("refresh rate: %w: %w", wallet.ErrTimeout, err)
 		}
+		// The claim and the presentation get budgets of their own, so that
+		// time spent waiting above never starves a call once claimed.
+		claimCtx, cancel := context.WithTimeout(r.ctx, storeWriteTimeout)
 		claimedAt := time.Now()
-		lease, err := r.cfg.Store.Claim(ctx, customerID, rec.Generation, r.cfg.Owner, r.cfg.Lease, trigger == TriggerForced)
+		lease, err := r.cfg.Store.Claim(claimCtx, customerID, rec.Generation, r.cfg.Owner, r.cfg.Lease, trigger == TriggerForced)
+		cancel()
 		var held *tokencache.LeaseHeldError
 		var cool *tokencache.BackoffError
 		switch {
 		case err == nil:
 			r.storeOK()
-			return r.present(ctx, rec, lease, claimedAt, trigger)
+			return r.present(rec, lease, claimedAt, trigger)
 		case errors.Is(err, tokencache.ErrConflict):
 			continue // the record changed since we read it: read again
 		case errors.As(err, &held):
@@ -139,10 +146,16 @@ func (r *Refresher) wait(ctx context.Context, watch <-chan struct{}, d time.Dura
 }
 
 // present presents the claimed refresh token once and records the outcome.
-func (r *Refresher) present(ctx context.Context, rec *tokencache.Record, lease *tokencache.Lease, claimedAt time.Time, trigger string) (*tokencache.Record, error) {
+// Its wallet call is bounded by UpstreamTimeout and the lease watchdog, its
+// store writes by storeWriteTimeout each, whatever the caller's deadline:
+// a caller that gives up does not cut a presentation in half.
+func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, claimedAt time.Time, trigger string) (*tokencache.Record, error) {
+	ctx := r.calls
 	body, err := wallet.RefreshBody(wallet.Secret(rec.RefreshToken.Reveal()), rec.Replay)
 	if err != nil {
-		_ = r.cfg.Store.Release(ctx, lease)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
+		_ = r.cfg.Store.Release(rctx, lease)
+		cancel()
 		return nil, fmt.Errorf("build refresh body: %w", err)
 	}
 	callCtx, cancel := context.WithTimeout(ctx, r.cfg.UpstreamTimeout)
@@ -171,7 +184,7 @@ func (r *Refresher) present(ctx context.Context, rec *tokencache.Record, lease *
 		return nil, ErrNotAuthorized
 	case errors.Is(err, tokencache.ErrConflict):
 		r.log.Info("customer re-authorized during its refresh; the newer exchange stands", "customer", rec.CustomerID)
-		return r.get(ctx, rec.CustomerID)
+		return r.get(wctx, rec.CustomerID)
 	default:
 		r.storeFailed("complete")
 		if o.Kind != tokencache.Refreshed {
@@ -329,8 +342,14 @@ func (r *Refresher) expireRefreshToken(ctx context.Context, rec *tokencache.Reco
 	return ErrReauthorizationRequired
 }
 
+// errRateBusy: a scheduled refresh found the rate limiter booked further
+// ahead than it waits; the customer stays due for a later tick.
+var errRateBusy = errors.New("refresh rate booked")
+
 // takeRate waits for the refresh rate limiter. Urgent refreshes (a caller
-// waits) go ahead: scheduled ones wait while any urgent one is queued.
+// waits) go ahead, waiting as long as their ctx allows; scheduled ones wait
+// while any urgent one is queued, and give up (errRateBusy) rather than
+// book the limiter more than two scheduler ticks ahead.
 func (r *Refresher) takeRate(ctx context.Context, urgent bool) error {
 	if urgent {
 		r.urgent.Add(1)
@@ -338,13 +357,31 @@ func (r *Refresher) takeRate(ctx context.Context, urgent bool) error {
 		return r.limiter.Wait(ctx)
 	}
 	for r.urgent.Load() > 0 {
-		t := time.NewTimer(10 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, 10*time.Millisecond); err != nil {
+			return err
 		}
 	}
-	return r.limiter.Wait(ctx)
+	res := r.limiter.Reserve()
+	if d := res.Delay(); d > 2*r.cfg.ScheduleEvery {
+		res.Cancel()
+		return errRateBusy
+	} else if err := sleep(ctx, d); err != nil {
+		res.Cancel()
+		return err
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

@@ -128,7 +128,12 @@ type Refresher struct {
 
 	ctx    context.Context // parent of all detached refresh work
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// calls is the parent of wallet calls in flight: Close cancels it only
+	// after they had time to finish, so shutting down does not turn their
+	// outcomes into unknown ones.
+	calls       context.Context
+	cancelCalls context.CancelFunc
+	wg          sync.WaitGroup
 }
 
 // New returns a Refresher. Store, Wallet and Metrics are required.
@@ -163,27 +168,42 @@ func New(cfg Config) *Refresher {
 		cfg.CensusEvery = 30 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	calls, cancelCalls := context.WithCancel(context.Background())
 	r := &Refresher{
-		cfg:      cfg,
-		log:      cfg.Logger.With("replica", cfg.Owner),
-		now:      cfg.Now,
-		limiter:  rate.NewLimiter(rate.Limit(cfg.RefreshRate), max(1, int(cfg.RefreshRate))),
-		cache:    newRecordCache(cfg.CacheMaxEntries),
-		slots:    make(chan struct{}, cfg.Workers),
-		inflight: make(map[string]int),
-		ctx:      ctx,
-		cancel:   cancel,
+		calls:       calls,
+		cancelCalls: cancelCalls,
+		cfg:         cfg,
+		log:         cfg.Logger.With("replica", cfg.Owner),
+		now:         cfg.Now,
+		limiter:     rate.NewLimiter(rate.Limit(cfg.RefreshRate), max(1, int(cfg.RefreshRate))),
+		cache:       newRecordCache(cfg.CacheMaxEntries),
+		slots:       make(chan struct{}, cfg.Workers),
+		inflight:    make(map[string]int),
+		ctx:         ctx,
+		cancel:      cancel,
 	}
 	r.pending = newPendingWrites(r)
 	return r
 }
 
-// Close cancels background work and waits for every refresh this Refresher
-// started to end; pair writes still pending (the store was down) get one
-// last try.
+// Close stops background work and waits for every refresh this Refresher
+// started to end: waiting and scheduling stop at once, wallet calls in
+// flight get up to UpstreamTimeout to finish (and their outcomes are
+// written), and pair writes still pending (the store was down) get one last
+// try.
 func (r *Refresher) Close() {
 	r.cancel()
-	r.wg.Wait()
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	t := time.NewTimer(r.cfg.UpstreamTimeout + storeWriteTimeout)
+	select {
+	case <-done:
+	case <-t.C:
+		r.cancelCalls()
+		<-done
+	}
+	t.Stop()
+	r.cancelCalls()
 	r.pending.flush()
 }
 
