@@ -121,7 +121,12 @@ func (s *Server) applyToken(rel string, f fieldMap) bodyAnswer {
 			return paramIllegal("refreshToken is required for REFRESH_TOKEN")
 		}
 		s.stats.refreshPresented()
-		if p, code = s.tokens.rotate(rt, now); code == wallet.CodeUsedRefreshToken {
+		var replacedExpiry time.Time
+		p, replacedExpiry, code = s.tokens.rotate(rt, now)
+		switch code {
+		case "":
+			s.stats.refreshed(now, replacedExpiry)
+		case wallet.CodeUsedRefreshToken:
 			s.stats.refreshTokenReused()
 		}
 	default:

@@ -13,7 +13,7 @@
 // /sim/ (and also under the prefix), unsigned endpoints for tests and demos:
 //
 //	POST   /sim/authcodes  {"customerId","accessTtl","refreshTtl","codeTtl"} -> {"authCode"}
-//	POST   /sim/seed       {"count","accessTtl","refreshTtl","prefix","start"} -> NDJSON token pairs
+//	POST   /sim/seed       {"count","accessTtl","refreshTtl","prefix","start","refreshedAccessTtl"} -> NDJSON token pairs
 //	POST   /sim/faults     one fault rule (see Fault);  GET lists them; DELETE clears them
 //	GET    /sim/stats      counters (see Stats);        DELETE zeroes them
 //	GET    /sim/publickey  the wallet public key, PEM

@@ -184,6 +184,10 @@ func (s *Server) simSeed(w http.ResponseWriter, r *http.Request) {
 		Prefix *string `json:"prefix"`
 		Start  int     `json:"start"`
 		chainRequest
+		// RefreshedAccessTTL is the access TTL of the pairs refreshed from
+		// the seeded ones (empty: accessTtl), so a benchmark can seed
+		// tokens due soon whose refreshed successors are not due again.
+		RefreshedAccessTTL string `json:"refreshedAccessTtl"`
 	}
 	if err := decodeSim(w, r, &req); err != nil {
 		simError(w, http.StatusBadRequest, err.Error())
@@ -210,6 +214,10 @@ func (s *Server) simSeed(w http.ResponseWriter, r *http.Request) {
 	}
 	ch, err := s.chain(req.chainRequest)
 	if err != nil {
+		simError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if ch.nextAccess, err = ttl("refreshedAccessTtl", req.RefreshedAccessTTL, 0); err != nil {
 		simError(w, http.StatusBadRequest, err.Error())
 		return
 	}

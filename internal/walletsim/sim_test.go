@@ -87,6 +87,30 @@ func TestSeed(t *testing.T) {
 	}
 }
 
+// TestSeedRefreshedAccessTTL: refreshedAccessTtl gives the pairs refreshed
+// from seeded ones another access lifetime, for the whole chain onwards; the
+// seeded pair and the refresh token lifetime are unchanged.
+func TestSeedRefreshedAccessTTL(t *testing.T) {
+	h := newHarness(t, nil)
+	lines := h.seed(map[string]any{"count": 1, "accessTtl": "1m", "refreshTtl": "3h", "refreshedAccessTtl": "2h"})
+	now := h.clk.Now()
+	if at, _ := wallet.ParseDateTime(lines[0].AccessTokenExpiryTime); !at.Equal(now.Add(time.Minute)) {
+		t.Fatalf("seeded access expiry %s, want +1m", at)
+	}
+	rt := lines[0].RefreshToken
+	for i := range 2 {
+		h.clk.Advance(time.Minute)
+		next := h.tokens(h.want(PathApplyTokenV1, refreshBody(rt), "S SUCCESS"))
+		now := h.clk.Now()
+		at, _ := wallet.ParseDateTime(next.AccessTokenExpiryTime)
+		exp, _ := wallet.ParseDateTime(next.RefreshTokenExpiryTime)
+		if !at.Equal(now.Add(2*time.Hour)) || !exp.Equal(now.Add(3*time.Hour)) {
+			t.Errorf("refresh %d: expiries %s %s, want +2h and +3h from %s", i+1, at, exp, now)
+		}
+		rt = next.RefreshToken
+	}
+}
+
 // TestSeedLarge seeds the benchmark size; sized to take a few seconds under -race.
 func TestSeedLarge(t *testing.T) {
 	if testing.Short() {
@@ -113,6 +137,7 @@ func TestSeedValidation(t *testing.T) {
 		`{"count":11,"prefix":"` + string(bytes.Repeat([]byte("p"), 63)) + `"}`,
 		`{"count":1,"accessTtl":"-1s"}`,
 		`{"count":1,"refreshTtl":"forever"}`,
+		`{"count":1,"refreshedAccessTtl":"0s"}`,
 		`{"count":1,"start":-1}`,
 		`{"count":1,"extra":true}`,
 	} {
@@ -178,7 +203,7 @@ func TestStatsShape(t *testing.T) {
 	}
 	var zero map[string]any
 	h.sim(http.MethodGet, "/sim/stats", nil, &zero)
-	if b, _ := json.Marshal(zero); string(b) != `{"abandoned":0,"badSignatures":0,"calls":{},"codesReused":0,"exchanges":0,"faultsMatched":0,"refreshPresentations":0,"refreshTokensReused":0,"refreshes":0}` {
+	if b, _ := json.Marshal(zero); string(b) != `{"abandoned":0,"badSignatures":0,"calls":{},"codesReused":0,"exchanges":0,"faultsMatched":0,"maxRefreshLatenessMs":0,"refreshPresentations":0,"refreshTokensReused":0,"refreshes":0,"refreshesAfterAccessExpiry":0,"refreshesBeforeAccessExpiry":0}` {
 		t.Errorf("after DELETE: %s", b)
 	}
 	// Tokens survive a stats reset.

@@ -1,9 +1,13 @@
 package walletsim
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // Stats are the simulator's counters, as GET /sim/stats renders them. The
-// first four fields are the contract's; the others are extras.
+// first four fields are the contract's; the others are extras (benchmarks
+// read the refresh lateness ones).
 type Stats struct {
 	// Calls counts every wallet request received, faulted or not, by path
 	// (without the prefix) and grantType: AUTHORIZATION_CODE, REFRESH_TOKEN,
@@ -28,6 +32,18 @@ type Stats struct {
 	// Abandoned counts calls whose caller hung up during a fault's latency
 	// (they were not processed).
 	Abandoned int64 `json:"abandoned"`
+
+	// RefreshesBeforeAccessExpiry and RefreshesAfterAccessExpiry split the
+	// successful refreshes (S answers to REFRESH_TOKEN) by whether the
+	// access token they replaced, the chain's current one, was still valid
+	// at that moment. A refresh at the very millisecond of the expiry is
+	// after it: the simulator treats the token as expired then.
+	RefreshesBeforeAccessExpiry int64 `json:"refreshesBeforeAccessExpiry"`
+	RefreshesAfterAccessExpiry  int64 `json:"refreshesAfterAccessExpiry"`
+	// MaxRefreshLatenessMs is the largest time, in milliseconds, from an
+	// access token's expiry to the refresh that replaced it, over the
+	// refreshes after expiry; 0 when there were none.
+	MaxRefreshLatenessMs int64 `json:"maxRefreshLatenessMs"`
 }
 
 type statsRecorder struct {
@@ -64,6 +80,22 @@ func (r *statsRecorder) refreshTokenReused() { r.add(func(s *Stats) { s.RefreshT
 func (r *statsRecorder) refreshPresented()   { r.add(func(s *Stats) { s.RefreshPresentations++ }) }
 func (r *statsRecorder) faultMatched()       { r.add(func(s *Stats) { s.FaultsMatched++ }) }
 func (r *statsRecorder) abandoned()          { r.add(func(s *Stats) { s.Abandoned++ }) }
+
+// refreshed records a successful refresh at now of a chain whose access
+// token expired, or expires, at accessExpiry (zero: unknown, not counted).
+func (r *statsRecorder) refreshed(now, accessExpiry time.Time) {
+	if accessExpiry.IsZero() {
+		return
+	}
+	r.add(func(s *Stats) {
+		if now.Before(accessExpiry) {
+			s.RefreshesBeforeAccessExpiry++
+			return
+		}
+		s.RefreshesAfterAccessExpiry++
+		s.MaxRefreshLatenessMs = max(s.MaxRefreshLatenessMs, now.Sub(accessExpiry).Milliseconds())
+	})
+}
 
 func (r *statsRecorder) issued(grant string) {
 	r.add(func(s *Stats) {

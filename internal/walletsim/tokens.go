@@ -37,9 +37,21 @@ func randomString(n int) string {
 }
 
 // lifetimes are the TTLs of one token chain: every pair refreshed from a
-// code or a seeded pair gets the same.
+// code or a seeded pair gets the same, except that a seeded chain may give
+// the pairs refreshed from it another access TTL (nextAccess).
 type lifetimes struct {
 	access, refresh time.Duration
+	// nextAccess, when set, is the access TTL of every pair refreshed from
+	// this chain (0: access).
+	nextAccess time.Duration
+}
+
+// next is the chain's lifetimes for the pairs refreshed from it.
+func (l lifetimes) next() lifetimes {
+	if l.nextAccess > 0 {
+		return lifetimes{access: l.nextAccess, refresh: l.refresh}
+	}
+	return l
 }
 
 type codeEntry struct {
@@ -146,26 +158,28 @@ func (t *tokenStore) exchange(code string, now time.Time) (pair, string) {
 }
 
 // rotate spends a refresh token: it marks it used, revokes the access token
-// issued with it and returns a new pair for the same customer and chain; or
-// the F resultCode INVALID_REFRESH_TOKEN, USED_REFRESH_TOKEN,
+// issued with it and returns a new pair for the same customer and chain,
+// with the expiry of the access token it replaced (the chain's current one
+// until now); or the F resultCode INVALID_REFRESH_TOKEN, USED_REFRESH_TOKEN,
 // EXPIRED_REFRESH_TOKEN (checked in that order).
-func (t *tokenStore) rotate(token string, now time.Time) (pair, string) {
+func (t *tokenStore) rotate(token string, now time.Time) (p pair, replacedExpiry time.Time, code string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := t.refresh[token]
 	switch {
 	case e == nil:
-		return pair{}, wallet.CodeInvalidRefreshToken
+		return pair{}, time.Time{}, wallet.CodeInvalidRefreshToken
 	case e.used:
-		return pair{}, wallet.CodeUsedRefreshToken
+		return pair{}, time.Time{}, wallet.CodeUsedRefreshToken
 	case expired(now, e.expires):
-		return pair{}, wallet.CodeExpiredRefreshToken
+		return pair{}, time.Time{}, wallet.CodeExpiredRefreshToken
 	}
 	e.used = true
 	if a := t.access[e.access]; a != nil {
 		a.revoked = true
+		replacedExpiry = a.expires
 	}
-	return t.mintLocked(e.customerID, e.chain, now), ""
+	return t.mintLocked(e.customerID, e.chain.next(), now), replacedExpiry, ""
 }
 
 // customerOf returns the customer of a usable access token, or the F

@@ -1,0 +1,1050 @@
+// Command refresh is the proactive-refresh benchmark that `make bench` runs.
+//
+// It starts, on loopback ports of its own, a redis-server (temporary
+// directory, no persistence), walletsim and -replicas tokenproxy processes
+// sharing that Redis, with no app traffic at all. Before the replicas start
+// it seeds -customers token pairs through walletsim's POST /sim/seed in 10
+// batches whose access tokens expire -window/10 apart, the first batch due
+// for refresh -head after the start, and pipes each batch into
+// `tokenproxy import -`. Then it watches walletsim's /sim/stats until every
+// customer was refreshed and the last batch's expiry is -settle past (or a
+// hard deadline), and prints what happened: how many refreshes came before
+// the access token expired, how late the late ones were, duplicates
+// (USED_REFRESH_TOKEN), the wallet call rate, CPU of every process, import
+// time and Redis memory, as a table and as a Markdown block for
+// docs/benchmarks.md.
+//
+// It exits 1 when a refresh token was presented twice or a customer was not
+// refreshed before its access token expired (the target is 100 % and 0
+// duplicates), 2 on bad flags, 130 when interrupted. Every process it starts
+// is stopped by its PID (SIGTERM, then SIGKILL after 10 s), on errors and on
+// Ctrl-C too.
+//
+// With the defaults (100,000 customers, 2 replicas at 150 refreshes/s, a
+// 10m window, 5m lead, 30s jitter) it runs about 22 minutes. A quick try,
+// about 2 minutes:
+//
+//	make bench BENCH_FLAGS='-customers 2000 -window 1m -lead 20s -jitter 5s'
+//
+// docs/benchmarks.md describes the numbers.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenproxy/tokenproxy/wallet"
+)
+
+const (
+	batches      = 10
+	clientID     = "BENCH_CLIENT"
+	clkTck       = 100 // USER_HZ: /proc/<pid>/stat counts CPU time in 1/100 s
+	stopGrace    = 10 * time.Second
+	pollEvery    = time.Second
+	progressEach = 30 * time.Second
+	// grantRefresh is walletsim's /sim/stats key for refresh calls.
+	grantRefresh = "REFRESH_TOKEN"
+)
+
+type config struct {
+	customers   int
+	replicas    int
+	rate        float64
+	window      time.Duration
+	lead        time.Duration
+	jitter      time.Duration
+	head        time.Duration
+	settle      time.Duration
+	accessTTL   time.Duration
+	tokenproxy  string
+	walletsim   string
+	redisServer string
+	keep        bool
+}
+
+func main() {
+	var c config
+	flag.IntVar(&c.customers, "customers", 100000, "token pairs to seed and import (at least 10: 10 batches)")
+	flag.IntVar(&c.replicas, "replicas", 2, "tokenproxy processes sharing one Redis")
+	flag.Float64Var(&c.rate, "rate", 150, "TOKENPROXY_REFRESH_RATE of each replica (refresh calls/s)")
+	flag.DurationVar(&c.window, "window", 10*time.Minute, "the access token expiries are spread over this")
+	flag.DurationVar(&c.lead, "lead", 5*time.Minute, "TOKENPROXY_REFRESH_BEFORE")
+	flag.DurationVar(&c.jitter, "jitter", 30*time.Second, "TOKENPROXY_REFRESH_JITTER")
+	flag.DurationVar(&c.head, "head", 0, "from the start to the first batch's refresh point (0: lead+jitter, at least min(window/4, 1m); tokenproxy refreshes at most half a token's remaining life ahead, so a shorter head makes the first batches due at their half-life)")
+	flag.DurationVar(&c.settle, "settle", 0, "keep watching this long after the last access token expiry, for late duplicates (0: window/4, at most 1m)")
+	flag.DurationVar(&c.accessTTL, "access-ttl", 2*time.Hour, "access lifetime of the refreshed tokens (walletsim's WALLETSIM_ACCESS_TTL and /sim/seed refreshedAccessTtl), long enough that none comes due again during the run")
+	flag.StringVar(&c.tokenproxy, "tokenproxy", "bin/tokenproxy", "tokenproxy binary")
+	flag.StringVar(&c.walletsim, "walletsim", "bin/walletsim", "walletsim binary")
+	flag.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary (looked up in PATH)")
+	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (keys, process logs) and print its path")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q\n", flag.Arg(0))
+		os.Exit(2)
+	}
+	if err := c.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	os.Exit(run(c))
+}
+
+func (c *config) check() error {
+	quarter := min(time.Minute, c.window/4)
+	if c.head == 0 {
+		// tokenproxy refreshes at most half a token's remaining life ahead
+		// (refresher.NextRefresh): a seeded token living less than
+		// 2×(lead+jitter) would be refreshed at its half-life, not lead
+		// ahead. head = lead+jitter makes the first batch live exactly that.
+		c.head = max(quarter, c.lead+c.jitter)
+	}
+	if c.settle == 0 {
+		c.settle = quarter
+	}
+	switch {
+	case c.customers < batches:
+		return fmt.Errorf("-customers must be at least %d", batches)
+	case c.customers/batches+c.customers%batches > 1_000_000:
+		return errors.New("-customers: at most 1,000,000 per batch (walletsim's /sim/seed limit)")
+	case c.replicas < 1:
+		return errors.New("-replicas must be at least 1")
+	case c.rate <= 0:
+		return errors.New("-rate must be positive")
+	case c.window <= 0 || c.head < 0 || c.settle < 0 || c.lead < 0 || c.jitter < 0:
+		return errors.New("-window must be positive; -head, -settle, -lead and -jitter not negative")
+	}
+	// Absolute paths: the processes run in the temporary directory.
+	for _, bin := range []*string{&c.tokenproxy, &c.walletsim} {
+		abs, err := filepath.Abs(*bin)
+		if err != nil {
+			return err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return fmt.Errorf("%w (run `make build` first)", err)
+		}
+		*bin = abs
+	}
+	redisServer, err := exec.LookPath(c.redisServer)
+	if err != nil {
+		return fmt.Errorf("%w (install it with `apt-get install -y redis-server`)", err)
+	}
+	if c.redisServer, err = filepath.Abs(redisServer); err != nil {
+		return err
+	}
+	// A refreshed token comes due again accessTTL-lead-jitter after its
+	// refresh; the run ends at most window+lead+5m after the replicas start.
+	if need := c.head + c.window + 2*c.lead + c.jitter + 10*time.Minute; c.accessTTL < need {
+		return fmt.Errorf("-access-ttl %s is too short: refreshed tokens would come due again during the run (need at least %s)", c.accessTTL, need)
+	}
+	return nil
+}
+
+// deadline bounds the watch, from the replicas' start: the last batch's
+// expiry is about head + 9/10 window + lead + jitter after the start.
+func (c config) deadline() time.Duration { return c.head + c.window + c.lead + 5*time.Minute }
+
+// run is main's body; it returns the exit code once every process it
+// started is stopped.
+func run(c config) int {
+	ctx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	go func() { <-ctx.Done(); stopSignals() }() // a second Ctrl-C kills at once
+
+	b := &bench{cfg: c, start: started, http: &http.Client{}} // every request has a context deadline
+	defer b.cleanup()
+	res, err := b.run(ctx)
+	b.stopAll()
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "bench: interrupted; every process it started is stopped")
+			return 130
+		}
+		fmt.Fprintln(os.Stderr, "bench failed:", err)
+		b.showLogs()
+		return 1
+	}
+	res.print(os.Stdout)
+	if fails := res.failures(); len(fails) > 0 {
+		fmt.Fprintln(os.Stderr, "\nbench FAILED the target (100 % refreshed before expiry, 0 duplicates):")
+		for _, f := range fails {
+			fmt.Fprintln(os.Stderr, "  -", f)
+		}
+		b.showLogs()
+		return 1
+	}
+	fmt.Fprintln(os.Stderr, "\nbench passed: every customer refreshed before expiry, no duplicate.")
+	return 0
+}
+
+type bench struct {
+	cfg   config
+	start time.Time
+	http  *http.Client
+	dir   string
+	procs []*proc // in start order
+
+	redisAddr string
+	simURL    string
+	simPub    string // wallet public key file
+	keyFile   string // merchant private key
+	pubFile   string // merchant public key
+	encKey    string
+	replicas  []*replica
+}
+
+type replica struct {
+	name   string
+	p      *proc
+	listen string
+	ops    string
+}
+
+func (b *bench) run(ctx context.Context) (*result, error) {
+	c := b.cfg
+	res := &result{cfg: c, args: os.Args[1:], date: b.start}
+	var err error
+	if b.dir, err = os.MkdirTemp("", "tokenproxy-bench-"); err != nil {
+		return nil, err
+	}
+	if out, err := exec.CommandContext(ctx, c.tokenproxy, "version").Output(); err == nil {
+		res.version = strings.TrimSpace(string(out))
+	}
+	if out, err := exec.CommandContext(ctx, c.redisServer, "--version").Output(); err == nil {
+		res.redisVersion = strings.TrimSpace(string(out))
+	}
+
+	ports, err := freePorts(2 + 2*c.replicas)
+	if err != nil {
+		return nil, err
+	}
+	if b.keyFile, b.pubFile, err = writeKeyPair(b.dir); err != nil {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	b.encKey = base64.StdEncoding.EncodeToString(key)
+
+	// Redis.
+	b.redisAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	rp, err := b.startProc("redis-server", c.redisServer, []string{
+		"--bind", "127.0.0.1", "--port", strconv.Itoa(ports[0]),
+		"--save", "", "--appendonly", "no", "--dir", b.dir, "--daemonize", "no",
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: b.redisAddr, MaxRetries: -1, DialTimeout: time.Second})
+	defer rdb.Close()
+	if err := waitUntil(ctx, 10*time.Second, rp, func() bool { return rdb.Ping(ctx).Err() == nil }); err != nil {
+		return nil, fmt.Errorf("redis-server on %s: %w", b.redisAddr, err)
+	}
+
+	// walletsim.
+	simAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
+	b.simURL = "http://" + simAddr
+	b.simPub = filepath.Join(b.dir, "wallet-public.pem")
+	sim, err := b.startProc("walletsim", c.walletsim, nil, []string{
+		"WALLETSIM_LISTEN_ADDR=" + simAddr,
+		"WALLETSIM_CLIENT_PUBLIC_KEY_FILE=" + b.pubFile,
+		"WALLETSIM_PUBLIC_KEY_OUT=" + b.simPub,
+		"WALLETSIM_CLIENT_ID=" + clientID,
+		"WALLETSIM_ACCESS_TTL=" + c.accessTTL.String(),
+		"WALLETSIM_LOG_LEVEL=warn",
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := waitUntil(ctx, 20*time.Second, sim, func() bool { return b.get(ctx, b.simURL+"/sim/stats", nil) == nil }); err != nil {
+		return nil, fmt.Errorf("walletsim on %s: %w", simAddr, err)
+	}
+
+	// Seed and import, batch by batch, before any replica runs.
+	if err := b.seedAndImport(ctx, res); err != nil {
+		return nil, err
+	}
+	if n, err := rdb.DBSize(ctx).Result(); err == nil {
+		res.redisKeysAfterImport = n
+	}
+
+	// Replicas.
+	if need := float64(c.customers/batches) / (c.window / batches).Seconds(); c.rate*float64(c.replicas) < 1.2*need {
+		logf("warning: replicas × rate = %g/s is not comfortably above the %.0f/s the batches need", c.rate*float64(c.replicas), need)
+	}
+	for i := range c.replicas {
+		r := &replica{
+			name:   fmt.Sprintf("tokenproxy-%d", i+1),
+			listen: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2+2*i])),
+			ops:    net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3+2*i])),
+		}
+		if r.p, err = b.startProc(r.name, c.tokenproxy, nil, append(b.tokenproxyEnv(),
+			"TOKENPROXY_LISTEN_ADDR="+r.listen,
+			"TOKENPROXY_OPS_ADDR="+r.ops,
+			"TOKENPROXY_REFRESH_RATE="+strconv.FormatFloat(c.rate, 'f', -1, 64),
+			"TOKENPROXY_LOG_LEVEL=warn",
+		)); err != nil {
+			return nil, err
+		}
+		b.replicas = append(b.replicas, r)
+	}
+	for _, r := range b.replicas {
+		if err := waitUntil(ctx, 30*time.Second, r.p, func() bool { return b.get(ctx, "http://"+r.ops+"/readyz", nil) == nil }); err != nil {
+			return nil, fmt.Errorf("%s not ready: %w", r.name, err)
+		}
+	}
+	res.replicasUp = time.Now()
+	logf("%d tokenproxy replicas ready (rate %g/s each, lead %s, jitter %s); watching walletsim, no app traffic",
+		c.replicas, c.rate, c.lead, c.jitter)
+
+	if err := b.watch(ctx, res); err != nil {
+		return nil, err
+	}
+	b.collect(ctx, res, rdb, sim, rp)
+	res.wall = time.Since(b.start)
+	return res, nil
+}
+
+// seedAndImport seeds the batches through /sim/seed and pipes each into
+// `tokenproxy import -`, timing the import alone.
+func (b *bench) seedAndImport(ctx context.Context, res *result) error {
+	c := b.cfg
+	per := c.customers / batches
+	for i := range batches {
+		n := per
+		if i == batches-1 {
+			n += c.customers % batches
+		}
+		ttl := c.lead + c.jitter + c.head + time.Duration(i)*(c.window/batches)
+		req, _ := json.Marshal(map[string]any{
+			"count":              n,
+			"prefix":             fmt.Sprintf("b%d-", i),
+			"accessTtl":          ttl.String(),
+			"refreshedAccessTtl": c.accessTTL.String(),
+		})
+		t0 := time.Now()
+		ndjson, err := b.post(ctx, b.simURL+"/sim/seed", req, 10*time.Minute)
+		if err != nil {
+			return fmt.Errorf("seed batch %d: %w", i, err)
+		}
+		res.seedTime += time.Since(t0)
+		lines, lo, hi, err := expiries(ndjson)
+		if err != nil {
+			return fmt.Errorf("seed batch %d: %w", i, err)
+		}
+		if lines != n {
+			return fmt.Errorf("seed batch %d: %d lines, want %d", i, lines, n)
+		}
+		if res.firstExpiry.IsZero() || lo.Before(res.firstExpiry) {
+			res.firstExpiry = lo
+		}
+		if hi.After(res.lastExpiry) {
+			res.lastExpiry = hi
+		}
+
+		// The earliest refresh point tokenproxy will pick (refresher.NextRefresh).
+		half := hi.Sub(time.Now()) / 2
+		lead := min(c.lead+c.jitter, half)
+		if lead+time.Second < c.lead+c.jitter { // more than the import's own second
+			logf("note: batch %d lives %s, less than 2×(lead+jitter): tokenproxy will refresh it at its half-life (-head raises that)", i, round(2*half))
+		}
+		dueFrom := hi.Add(-lead)
+
+		cmd := exec.CommandContext(ctx, c.tokenproxy, "import", "-")
+		cmd.Dir = b.dir
+		cmd.Env = b.tokenproxyEnv()
+		cmd.Stdin = bytes.NewReader(ndjson)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		cmd.WaitDelay = stopGrace // then SIGKILL
+		t1 := time.Now()
+		err = cmd.Run()
+		res.importTime += time.Since(t1)
+		if cmd.ProcessState != nil {
+			res.importCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		}
+		text := strings.TrimSpace(out.String())
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if strings.Contains(text, `unknown command "import"`) {
+				return fmt.Errorf("%s has no `import` command yet (cmd/tokenproxy/import.go): %s", c.tokenproxy, text)
+			}
+			return fmt.Errorf("tokenproxy import of batch %d: %v\n%s", i, err, tail(text, 4096))
+		}
+		if m := importedRE.FindStringSubmatch(text); m == nil {
+			logf("warning: cannot find %q in the import's report", "imported N")
+		} else if got, _ := strconv.Atoi(m[1]); got != n {
+			return fmt.Errorf("tokenproxy import of batch %d imported %d of %d pairs:\n%s", i, got, n, tail(text, 4096))
+		}
+		logf("batch %d: %d pairs b%d-*, access expiry %s after start (refresh due from %s); import %s: %s",
+			i, n, i, round(hi.Sub(b.start)), round(dueFrom.Sub(b.start)),
+			round2(time.Since(t1)), oneLine(tail(text, 300)))
+		res.importOutput = text
+	}
+	return nil
+}
+
+// importedRE finds the count in the import's report ("imported N, ...").
+var importedRE = regexp.MustCompile(`\bimported (\d+)\b`)
+
+// expiries counts the NDJSON lines and returns the earliest and latest
+// accessTokenExpiryTime.
+func expiries(ndjson []byte) (n int, lo, hi time.Time, err error) {
+	sc := bufio.NewScanner(bytes.NewReader(ndjson))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue
+		}
+		n++
+		var l struct {
+			AccessTokenExpiryTime string `json:"accessTokenExpiryTime"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return 0, lo, hi, fmt.Errorf("line %d: %v", n, err)
+		}
+		t, err := wallet.ParseDateTime(l.AccessTokenExpiryTime)
+		if err != nil {
+			return 0, lo, hi, fmt.Errorf("line %d: accessTokenExpiryTime: %v", n, err)
+		}
+		if lo.IsZero() || t.Before(lo) {
+			lo = t
+		}
+		if t.After(hi) {
+			hi = t
+		}
+	}
+	return n, lo, hi, sc.Err()
+}
+
+// tokenproxyEnv is what every tokenproxy process gets, import included.
+func (b *bench) tokenproxyEnv() []string {
+	c := b.cfg
+	return []string{
+		"PATH=" + os.Getenv("PATH"),
+		"TOKENPROXY_WALLET_URL=" + b.simURL,
+		"TOKENPROXY_CLIENT_ID=" + clientID,
+		"TOKENPROXY_PRIVATE_KEY_FILE=" + b.keyFile,
+		"TOKENPROXY_WALLET_PUBLIC_KEY_FILE=" + b.simPub,
+		"TOKENPROXY_REDIS_URL=redis://" + b.redisAddr + "/0",
+		"TOKENPROXY_ENCRYPTION_KEYS=" + b.encKey,
+		"TOKENPROXY_REFRESH_BEFORE=" + c.lead.String(),
+		"TOKENPROXY_REFRESH_JITTER=" + c.jitter.String(),
+	}
+}
+
+// simStats is the part of walletsim's /sim/stats the benchmark reads.
+type simStats struct {
+	Calls                       map[string]map[string]int64 `json:"calls"`
+	RefreshTokensReused         int64                       `json:"refreshTokensReused"`
+	BadSignatures               int64                       `json:"badSignatures"`
+	Refreshes                   int64                       `json:"refreshes"`
+	RefreshesBeforeAccessExpiry *int64                      `json:"refreshesBeforeAccessExpiry"`
+	RefreshesAfterAccessExpiry  int64                       `json:"refreshesAfterAccessExpiry"`
+	MaxRefreshLatenessMs        int64                       `json:"maxRefreshLatenessMs"`
+}
+
+// refreshCalls counts REFRESH_TOKEN calls on every applyToken path.
+func (s simStats) refreshCalls() int64 {
+	var n int64
+	for _, m := range s.Calls {
+		n += m[grantRefresh]
+	}
+	return n
+}
+
+// watch polls /sim/stats until every customer had a refresh call and the
+// last access expiry is settle past, or the hard deadline.
+func (b *bench) watch(ctx context.Context, res *result) error {
+	c := b.cfg
+	deadline := res.replicasUp.Add(c.deadline())
+	doneAfter := res.lastExpiry.Add(c.settle)
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	var (
+		prev      int64
+		lastPrint = time.Now()
+		lastCalls int64
+		failures  int
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		for _, p := range b.procs {
+			if p.exited() {
+				return fmt.Errorf("%s (pid %d) exited during the run", p.name, p.pid)
+			}
+		}
+		var st simStats
+		if err := b.get(ctx, b.simURL+"/sim/stats", &st); err != nil {
+			if failures++; failures >= 10 {
+				return fmt.Errorf("GET /sim/stats: %w", err)
+			}
+			continue
+		}
+		failures = 0
+		if st.RefreshesBeforeAccessExpiry == nil {
+			return errors.New("walletsim's /sim/stats has no refreshesBeforeAccessExpiry: rebuild it (make build)")
+		}
+		now := time.Now()
+		calls := st.refreshCalls()
+		if calls > prev {
+			if res.firstRefresh.IsZero() {
+				res.firstRefresh = now
+			}
+			res.lastRefresh, prev = now, calls
+		}
+		res.stats = st
+		if now.Sub(lastPrint) >= progressEach {
+			logf("refresh calls %d/%d, %.1f/s over the last %s; before expiry %d, late %d, duplicates %d",
+				calls, c.customers, float64(calls-lastCalls)/now.Sub(lastPrint).Seconds(), round(now.Sub(lastPrint)),
+				*st.RefreshesBeforeAccessExpiry, st.RefreshesAfterAccessExpiry, st.RefreshTokensReused)
+			lastPrint, lastCalls = now, calls
+		}
+		if calls >= int64(c.customers) && !now.Before(doneAfter) {
+			res.ended = fmt.Sprintf("every customer had a refresh call and the last expiry is %s past", c.settle)
+			return nil
+		}
+		if now.After(deadline) {
+			res.ended = fmt.Sprintf("hard deadline (head + window + lead + 5m = %s after the replicas started)", c.deadline())
+			logf("%s reached", res.ended)
+			return nil
+		}
+	}
+}
+
+// collect reads CPU times, memory and metrics while every process still runs.
+func (b *bench) collect(ctx context.Context, res *result, rdb *redis.Client, sim, rp *proc) {
+	for _, r := range b.replicas {
+		rr := replicaResult{name: r.name}
+		rr.procCPU, rr.procErr = procCPU(r.p.pid)
+		rr.rssKiB = procHWM(r.p.pid)
+		body, err := b.getRaw(ctx, "http://"+r.ops+"/metrics")
+		if err != nil {
+			rr.metricsErr = err
+		} else {
+			rr.metricsCPU, rr.metricsErr = metricValue(body, "process_cpu_seconds_total")
+			rr.refreshes = sumMetric(body, "tokenproxy_refreshes_total")
+			rr.lostRotations, _ = metricValue(body, "tokenproxy_lost_rotations_total")
+		}
+		res.replicas = append(res.replicas, rr)
+	}
+	res.simCPU, _ = procCPU(sim.pid)
+	res.redisCPU, _ = procCPU(rp.pid)
+	if info, err := rdb.Info(ctx, "memory").Result(); err == nil {
+		res.redisMemory = infoField(info, "used_memory_human")
+		res.redisPeak = infoField(info, "used_memory_peak_human")
+	}
+	if n, err := rdb.DBSize(ctx).Result(); err == nil {
+		res.redisKeys = n
+	}
+}
+
+// result is everything the summary shows.
+type result struct {
+	cfg          config
+	args         []string
+	date         time.Time
+	version      string
+	redisVersion string
+
+	seedTime, importTime, importCPU time.Duration
+	importOutput                    string
+	redisKeysAfterImport            int64
+	firstExpiry, lastExpiry         time.Time
+	replicasUp                      time.Time
+	firstRefresh, lastRefresh       time.Time
+	stats                           simStats
+	ended                           string
+
+	replicas               []replicaResult
+	simCPU, redisCPU       float64
+	redisMemory, redisPeak string
+	redisKeys              int64
+	wall                   time.Duration
+}
+
+type replicaResult struct {
+	name          string
+	procCPU       float64
+	procErr       error
+	metricsCPU    float64
+	metricsErr    error
+	rssKiB        int64
+	refreshes     map[string]float64 // tokenproxy_refreshes_total by label set
+	lostRotations float64
+}
+
+func (r *result) before() int64 {
+	if r.stats.RefreshesBeforeAccessExpiry == nil {
+		return 0
+	}
+	return *r.stats.RefreshesBeforeAccessExpiry
+}
+
+// failures lists how the run missed the target.
+func (r *result) failures() []string {
+	var out []string
+	if n := r.stats.RefreshTokensReused; n > 0 {
+		out = append(out, fmt.Sprintf("%d refresh tokens presented again (USED_REFRESH_TOKEN)", n))
+	}
+	if b := r.before(); b < int64(r.cfg.customers) {
+		out = append(out, fmt.Sprintf("%d of %d customers refreshed before their access token expired (%s)",
+			b, r.cfg.customers, pct(b, int64(r.cfg.customers))))
+	}
+	return out
+}
+
+func beyond(calls, customers int64) string {
+	if calls < customers {
+		return fmt.Sprintf("%d fewer than customers", customers-calls)
+	}
+	return fmt.Sprintf("%d beyond customers", calls-customers)
+}
+
+func pct(n, of int64) string {
+	if of == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f %%", 100*float64(n)/float64(of))
+}
+
+// rows is the summary, one metric a row.
+func (r *result) rows() [][2]string {
+	c, st := r.cfg, r.stats
+	cust := int64(c.customers)
+	calls := st.refreshCalls()
+	refreshed := r.before() + st.RefreshesAfterAccessExpiry
+	rows := [][2]string{
+		{"customers", fmt.Sprintf("%d in %d batches, access expiries %s to %s after the start",
+			c.customers, batches, round(r.firstExpiry.Sub(r.date)), round(r.lastExpiry.Sub(r.date)))},
+		{"replicas × refresh rate", fmt.Sprintf("%d × %g/s (lead %s, jitter %s)", c.replicas, c.rate, c.lead, c.jitter)},
+		{"refreshed before expiry", fmt.Sprintf("%d (%s)", r.before(), pct(r.before(), cust))},
+		{"late refreshes", fmt.Sprintf("%d, worst %d ms after expiry", st.RefreshesAfterAccessExpiry, st.MaxRefreshLatenessMs)},
+		{"customers never refreshed", fmt.Sprintf("%d", max(0, cust-refreshed))},
+		{"duplicates (refreshTokensReused)", fmt.Sprintf("%d", st.RefreshTokensReused)},
+		{"REFRESH_TOKEN calls", fmt.Sprintf("%d (%s; %d answered S)", calls, beyond(calls, cust), st.Refreshes)},
+	}
+	rate := "n/a"
+	if span := r.lastRefresh.Sub(r.firstRefresh); span > 0 {
+		rate = fmt.Sprintf("%.1f/s over %s (first to last refresh, ±%s)", float64(calls)/span.Seconds(), round(span), pollEvery)
+	}
+	rows = append(rows, [2]string{"wallet refresh calls/s", rate})
+
+	var procSum, metSum float64
+	var procParts, metParts, rss, split []string
+	for _, rr := range r.replicas {
+		procSum += rr.procCPU
+		procParts = append(procParts, fmt.Sprintf("%.1f", rr.procCPU))
+		if rr.metricsErr == nil {
+			metSum += rr.metricsCPU
+			metParts = append(metParts, fmt.Sprintf("%.1f", rr.metricsCPU))
+		} else {
+			metParts = append(metParts, "?")
+		}
+		rss = append(rss, fmt.Sprintf("%d MiB", rr.rssKiB/1024))
+		var ok float64
+		for labels, v := range rr.refreshes {
+			if strings.Contains(labels, `result="success"`) {
+				ok += v
+			}
+		}
+		split = append(split, fmt.Sprintf("%.0f", ok))
+	}
+	rows = append(rows,
+		[2]string{"tokenproxy CPU", fmt.Sprintf("%.1f s (/proc utime+stime: %s; process_cpu_seconds_total: %.1f = %s)",
+			procSum, strings.Join(procParts, " + "), metSum, strings.Join(metParts, " + "))},
+		[2]string{"tokenproxy peak RSS", strings.Join(rss, ", ")},
+		[2]string{"successful refreshes per replica", strings.Join(split, ", ")},
+	)
+	if other := r.refreshOutcomes(); other != "" {
+		rows = append(rows, [2]string{"tokenproxy_refreshes_total", other})
+	}
+	rows = append(rows,
+		[2]string{"walletsim CPU", fmt.Sprintf("%.1f s", r.simCPU)},
+		[2]string{"redis-server CPU", fmt.Sprintf("%.1f s", r.redisCPU)},
+		[2]string{"import", fmt.Sprintf("%d pairs in %s (%.0f/s; %.1f s CPU; /sim/seed took %s)",
+			c.customers, round2(r.importTime), float64(c.customers)/r.importTime.Seconds(), r.importCPU.Seconds(), round2(r.seedTime))},
+		[2]string{"redis memory", fmt.Sprintf("used_memory_human %s (peak %s), %d keys (%d after import)", r.redisMemory, r.redisPeak, r.redisKeys, r.redisKeysAfterImport)},
+		[2]string{"wall time", fmt.Sprintf("%s (%s)", round(r.wall), r.ended)},
+	)
+	return rows
+}
+
+// refreshOutcomes sums tokenproxy_refreshes_total over the replicas, by
+// label set, non-zero ones only.
+func (r *result) refreshOutcomes() string {
+	sum := map[string]float64{}
+	var lost float64
+	for _, rr := range r.replicas {
+		for k, v := range rr.refreshes {
+			sum[k] += v
+		}
+		lost += rr.lostRotations
+	}
+	var parts []string
+	for k, v := range sum {
+		if v != 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", k, v))
+		}
+	}
+	sort.Strings(parts)
+	if lost > 0 {
+		parts = append(parts, fmt.Sprintf("lost rotations %.0f", lost))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (r *result) print(w io.Writer) {
+	fmt.Fprintln(w, "\n== Proactive refresh benchmark")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, row := range r.rows() {
+		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+	}
+	_ = tw.Flush()
+
+	fmt.Fprintln(w, "\n== Markdown for docs/benchmarks.md")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "### %s, %s\n\n", r.date.Format("2006-01-02"), orUnknown(r.version))
+	fmt.Fprintf(w, "`go run ./internal/bench/refresh %s` (%s)\n\n", strings.Join(r.args, " "), orUnknown(r.redisVersion))
+	fmt.Fprintln(w, "| metric | value |")
+	fmt.Fprintln(w, "|---|---|")
+	for _, row := range r.rows() {
+		fmt.Fprintf(w, "| %s | %s |\n", row[0], strings.ReplaceAll(row[1], "|", `\|`))
+	}
+	verdict := "**pass**: 100 % refreshed before expiry, 0 duplicates"
+	if f := r.failures(); len(f) > 0 {
+		verdict = "**FAIL**: " + strings.Join(f, "; ")
+	}
+	fmt.Fprintf(w, "\n%s\n", verdict)
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "version unknown"
+	}
+	return s
+}
+
+// ---- processes ----
+
+type proc struct {
+	name string
+	pid  int
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+// startProc starts bin with args and env (nil: the inherited PATH only),
+// its output in a log file of the temporary directory.
+func (b *bench) startProc(name, bin string, args, env []string) (*proc, error) {
+	p := &proc{name: name, log: filepath.Join(b.dir, name+".log"), done: make(chan struct{})}
+	f, err := os.Create(p.log)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // the child has its own descriptor
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Dir = b.dir
+	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p.pid = p.cmd.Process.Pid
+	b.procs = append(b.procs, p)
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop ends the process by its PID: SIGTERM, then SIGKILL after 10 s.
+func (p *proc) stop() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(stopGrace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// stopAll stops every process, the last started first (the replicas
+// before walletsim and Redis).
+func (b *bench) stopAll() {
+	for i := len(b.procs) - 1; i >= 0; i-- {
+		b.procs[i].stop()
+	}
+}
+
+func (b *bench) cleanup() {
+	b.stopAll()
+	if b.dir == "" {
+		return
+	}
+	if b.cfg.keep {
+		fmt.Fprintln(os.Stderr, "bench: keys and process logs kept in", b.dir)
+		return
+	}
+	_ = os.RemoveAll(b.dir)
+}
+
+// showLogs prints the end of every process log, for a failed run.
+func (b *bench) showLogs() {
+	for _, p := range b.procs {
+		out, _ := os.ReadFile(p.log)
+		if s := strings.TrimSpace(tail(string(out), 2048)); s != "" {
+			fmt.Fprintf(os.Stderr, "\n-- %s (pid %d) log, last lines:\n%s\n", p.name, p.pid, s)
+		}
+	}
+}
+
+// waitUntil polls ok until it holds, p exits, ctx ends or within passes.
+func waitUntil(ctx context.Context, within time.Duration, p *proc, ok func() bool) error {
+	deadline := time.Now().Add(within)
+	for !ok() {
+		if p.exited() {
+			return fmt.Errorf("%s exited", p.name)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready within %s", within)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// freePorts asks the kernel for n distinct free loopback ports, never 6379.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		ls = append(ls, l)
+		if p := l.Addr().(*net.TCPAddr).Port; p != 6379 {
+			ports = append(ports, p)
+		}
+	}
+	return ports, nil
+}
+
+func writeKeyPair(dir string) (keyFile, pubFile string, err error) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return "", "", err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return "", "", err
+	}
+	keyFile, pubFile = filepath.Join(dir, "merchant.key"), filepath.Join(dir, "merchant.pub")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return "", "", err
+	}
+	return keyFile, pubFile, os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
+}
+
+// procCPU is utime+stime of a running process, in seconds.
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')') // the command name may hold spaces
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	// f[0] is field 3 (state): utime and stime are fields 14 and 15.
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return (ut + st) / clkTck, nil
+}
+
+// procHWM is the peak resident set size (VmHWM) in KiB, 0 if unknown.
+func procHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// metricValue is the value of an unlabelled series in Prometheus text.
+func metricValue(body []byte, name string) (float64, error) {
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in /metrics", name)
+}
+
+// sumMetric returns every series of a labelled family: labels -> value.
+func sumMetric(body []byte, name string) map[string]float64 {
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		rest, ok := strings.CutPrefix(line, name+"{")
+		if !ok {
+			continue
+		}
+		end := strings.LastIndexByte(rest, '}')
+		if end < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(rest[end+1:]), 64)
+		if err == nil {
+			out[rest[:end]] += v
+		}
+	}
+	return out
+}
+
+func infoField(info, name string) string {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			return v
+		}
+	}
+	return "?"
+}
+
+// ---- HTTP ----
+
+func (b *bench) get(ctx context.Context, url string, out any) error {
+	body, err := b.getRaw(ctx, url)
+	if err != nil || out == nil {
+		return err
+	}
+	return json.Unmarshal(body, out)
+}
+
+func (b *bench) getRaw(ctx context.Context, url string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	return b.do(req)
+}
+
+func (b *bench) post(ctx context.Context, url string, body []byte, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return b.do(req)
+}
+
+func (b *bench) do(req *http.Request) ([]byte, error) {
+	resp, err := b.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s %s: HTTP %d: %s", req.Method, req.URL, resp.StatusCode, tail(string(body), 300))
+	}
+	return body, nil
+}
+
+// ---- output ----
+
+// started is the benchmark's start, the origin of every time it prints.
+var started = time.Now()
+
+// logf prints a progress line to stderr, stamped with the time since the start.
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%8s] %s\n", round(time.Since(started)), fmt.Sprintf(format, args...))
+}
+
+func round(d time.Duration) time.Duration  { return d.Round(time.Second) }
+func round2(d time.Duration) time.Duration { return d.Round(10 * time.Millisecond) }
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
