@@ -58,6 +58,14 @@ func newHarness(t *testing.T, simEnv ...string) *harness {
 	return h
 }
 
+// in returns the harness for use in subtest t: the same processes, with
+// failures (and processes started through it) belonging to t.
+func (h *harness) in(t *testing.T) *harness {
+	c := *h
+	c.t = t
+	return &c
+}
+
 // withRedis starts the redis-server the proxies of this harness share.
 func (h *harness) withRedis() *harness {
 	h.redis = testenv.StartRedis(h.t)
@@ -122,6 +130,54 @@ func (h *harness) exchangeTTL(p *proxyProc, customerID, accessTTL string) {
 	}
 }
 
+// authCodeChain is authCodeTTL with the refresh tokens' lifetime too
+// (walletsim's defaults for empty values).
+func (h *harness) authCodeChain(customerID, accessTTL, refreshTTL string) string {
+	h.t.Helper()
+	req := map[string]string{"customerId": customerID}
+	if accessTTL != "" {
+		req["accessTtl"] = accessTTL
+	}
+	if refreshTTL != "" {
+		req["refreshTtl"] = refreshTTL
+	}
+	raw, _ := json.Marshal(req)
+	var out struct{ AuthCode string }
+	status, body, _ := do(h.t, "POST", h.simURL+"/sim/authcodes", string(raw), nil)
+	if status != 200 || json.Unmarshal(body, &out) != nil || out.AuthCode == "" {
+		h.t.Fatalf("authcode: %d %s", status, body)
+	}
+	return out.AuthCode
+}
+
+// exchanged is what the app learns from an exchange through the proxy.
+type exchanged struct {
+	CustomerID             string    `json:"customerId"`
+	AccessTokenExpiryTime  time.Time `json:"accessTokenExpiryTime"`
+	RefreshTokenExpiryTime time.Time `json:"refreshTokenExpiryTime"`
+}
+
+// exchangeChain links a customer through p with the given token lifetimes
+// and returns the expiry times the proxy answered.
+func (h *harness) exchangeChain(p *proxyProc, customerID, accessTTL, refreshTTL string) exchanged {
+	h.t.Helper()
+	status, body, _ := do(h.t, "POST", p.url+"/v1/authorizations/applyToken",
+		`{"grantType":"AUTHORIZATION_CODE","authCode":"`+h.authCodeChain(customerID, accessTTL, refreshTTL)+`"}`, nil)
+	var ex exchanged
+	if status != 200 || resultCode(body) != "SUCCESS" || json.Unmarshal(body, &ex) != nil {
+		h.t.Fatalf("exchange: %d %s", status, body)
+	}
+	return ex
+}
+
+// clearFaults removes every walletsim fault rule.
+func (h *harness) clearFaults() {
+	h.t.Helper()
+	if status, body, _ := do(h.t, "DELETE", h.simURL+"/sim/faults", "", nil); status != 200 && status != 204 {
+		h.t.Fatalf("clear faults: %d %s", status, body)
+	}
+}
+
 func (h *harness) fault(spec string) {
 	h.t.Helper()
 	if status, body, _ := do(h.t, "POST", h.simURL+"/sim/faults", spec, nil); status != 200 {
@@ -134,6 +190,14 @@ type simStats struct {
 	RefreshTokensReused int                       `json:"refreshTokensReused"`
 	CodesReused         int                       `json:"codesReused"`
 	BadSignatures       int                       `json:"badSignatures"`
+	// Extras of walletsim (not in the contract).
+	Refreshes     int `json:"refreshes"`     // S answers to REFRESH_TOKEN
+	Abandoned     int `json:"abandoned"`     // callers that hung up during a latency fault
+	FaultsMatched int `json:"faultsMatched"` // calls a fault rule matched
+	// Successful refreshes split by whether the access token they replaced
+	// was still valid; nil when this walletsim does not report them.
+	RefreshesBeforeAccessExpiry *int `json:"refreshesBeforeAccessExpiry"`
+	RefreshesAfterAccessExpiry  *int `json:"refreshesAfterAccessExpiry"`
 }
 
 func (h *harness) stats() simStats {
@@ -180,6 +244,31 @@ func do(t testing.TB, method, url, body string, hdr map[string]string) (int, []b
 		t.Fatal(err)
 	}
 	return resp.StatusCode, b, resp.Header
+}
+
+// appClient keeps enough idle connections for the load tests' bursts.
+var appClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+
+// tryDo is do for goroutines other than the test's: it reports a failed
+// round trip as an error instead of failing the test.
+func tryDo(method, url, body string, hdr map[string]string) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := appClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
 }
 
 func resultCode(body []byte) string {

@@ -177,7 +177,6 @@ type importer struct {
 	exchangePath  string
 	refreshBefore time.Duration
 	refreshJitter time.Duration
-	workers       int // importWorkers when zero
 }
 
 // importResult is what an import did. Line numbers count from 1.
@@ -210,10 +209,7 @@ const (
 // and writes every valid pair. Lines are validated in order by the reader;
 // the store calls run on the workers.
 func (im *importer) run(ctx context.Context, in io.Reader) *importResult {
-	workers := im.workers
-	if workers <= 0 {
-		workers = importWorkers
-	}
+	const workers = importWorkers
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
