@@ -62,6 +62,10 @@ type memIntent struct {
 	owner    string
 	fence    int64
 	at       time.Time
+	// leaseUntil: the claim that wrote it recorded no outcome yet, and its
+	// lease runs (ran) until then; graceUntil: the grace given to it once
+	// that passed (Redis "le" and "lg", see claimScript).
+	leaseUntil, graceUntil time.Time
 }
 
 type memLease struct {

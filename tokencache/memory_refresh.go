@@ -65,6 +65,19 @@ func (m *Memory) Claim(ctx context.Context, customerID string, expect int64, own
 	if l, ok := m.lease(customerID, now); ok {
 		return nil, &LeaseHeldError{Owner: l.owner, Until: l.expires, TTL: l.expires.Sub(now)}
 	}
+	if in := &cur.intent; in.attempts > 0 && in.hash == cur.rec.RefreshTokenHash && !in.leaseUntil.IsZero() {
+		// The claim that wrote the intent never recorded an outcome.
+		until := in.leaseUntil
+		if !now.Before(until) {
+			if in.graceUntil.IsZero() {
+				in.graceUntil = now.Add(ttl)
+			}
+			until = in.graceUntil
+		}
+		if now.Before(until) {
+			return nil, &LeaseHeldError{Owner: in.owner, Until: until, TTL: until.Sub(now)}
+		}
+	}
 	if nb := cur.rec.NotBefore; !ignoreBackoff && nb.After(now) {
 		return nil, &BackoffError{Until: nb, Remaining: nb.Sub(now), LastError: cur.rec.LastError}
 	}
@@ -77,9 +90,10 @@ func (m *Memory) Claim(ctx context.Context, customerID string, expect int64, own
 	} else {
 		in = memIntent{hash: rth, attempts: 1}
 	}
-	in.owner, in.fence, in.at = owner, m.fence, now
-	cur.intent = in
 	expires := now.Add(ttl)
+	in.owner, in.fence, in.at = owner, m.fence, now
+	in.leaseUntil, in.graceUntil = expires, time.Time{}
+	cur.intent = in
 	m.leases[customerID] = memLease{owner: owner, fence: m.fence, expires: expires}
 	return &Lease{
 		CustomerID:       customerID,
@@ -141,6 +155,9 @@ func (m *Memory) Renew(ctx context.Context, l *Lease, ttl time.Duration) (time.T
 	}
 	expires := now.Add(ttl)
 	m.leases[l.CustomerID] = memLease{owner: l.Owner, fence: l.Fence, expires: expires}
+	if cur := m.record(l.CustomerID, now); cur != nil && cur.intent.fence == l.Fence {
+		cur.intent.leaseUntil = expires
+	}
 	return expires, nil
 }
 
@@ -162,6 +179,7 @@ func (m *Memory) Release(ctx context.Context, l *Lease) error {
 	if cur.intent.attempts > 1 {
 		cur.intent.attempts--
 		cur.intent.fence = 0 // undone once only
+		cur.intent.leaseUntil, cur.intent.graceUntil = time.Time{}, time.Time{}
 	} else {
 		cur.intent = memIntent{}
 	}
@@ -235,6 +253,9 @@ func (m *Memory) Complete(ctx context.Context, l *Lease, o Outcome) (int64, erro
 		case o.Kind == Refused && in.attempts <= 1:
 			// The only presentation was refused: the token is unused.
 			*in = memIntent{}
+		case in.fence == l.Fence:
+			// This presentation is over.
+			in.leaseUntil, in.graceUntil = time.Time{}, time.Time{}
 		}
 	}
 	m.records[id] = next

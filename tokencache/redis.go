@@ -236,7 +236,7 @@ for i = 9, #ARGV, 2 do
   end
 end
 if ARGV[1] == 'put' then
-  for _, f in ipairs({'ih', 'it', 'io', 'ia', 'if', 'co', 'fa', 'nb'}) do del[#del + 1] = f end
+  for _, f in ipairs({'ih', 'it', 'io', 'ia', 'if', 'co', 'le', 'lg', 'fa', 'nb'}) do del[#del + 1] = f end
   redis.call('DEL', KEYS[4])
 end
 redis.call('HSET', KEYS[1], unpack(set))

@@ -40,9 +40,26 @@ local function ms(x) return string.format('%d', x) end
 //
 // The op id ("co" in the record) makes a resent claim report the lease it
 // already made rather than find it held by its own owner.
-var claimScript = redis.NewScript(luaNow + `
+//
+// "le" in the record is the expiry of the lease of the claim that wrote
+// the intent, kept there too (Renew moves it, the claim's Complete or
+// Release drops it), so an "le" present means that claim never recorded an
+// outcome. Two rules follow (see RefreshStore.Claim):
+//   - A lease key that vanished before its time (a failover that lost it,
+//     an operator) must not let a second presentation of the same refresh
+//     token start while the first one may still run: its holder's wallet
+//     call ends before "le", so until then the claim answers "held", as if
+//     the lease were there.
+//   - Once "le" has passed, the holder crashed, or it is cut off from the
+//     store holding an S pair it could not write yet (pending.go retries
+//     it). The first claim that finds it so gives it one lease's time
+//     ("lg") before the token is presented again: a pair the holder writes
+//     meanwhile replaces the token, and nothing is presented after an S.
+var claimScript = redis.NewScript(claimSource)
+
+const claimSource = luaNow + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'notfound'} end
-local f = redis.call('HMGET', KEYS[1], 'gen', 'state', 'rth', 'nb', 'err', 'ih', 'ia', 'if', 'co', 'fence')
+local f = redis.call('HMGET', KEYS[1], 'gen', 'state', 'rth', 'nb', 'err', 'ih', 'ia', 'if', 'co', 'fence', 'le', 'io', 'lg')
 local lease = redis.call('GET', KEYS[2])
 local ia = tonumber(f[7] or '0') or 0
 if f[9] == ARGV[5] and f[8] and lease == ARGV[2] .. ':' .. f[8] then
@@ -53,6 +70,17 @@ if f[2] == 'reauthorization_required' then return {'notactive'} end
 if f[1] ~= ARGV[1] then return {'conflict'} end
 if lease then
   return {'held', lease, ms(redis.call('PTTL', KEYS[2])), ms(now)}
+end
+local le = tonumber(f[11] or '')
+if le and ia > 0 and f[6] == (f[3] or '') then
+  local holder = (f[12] or '') .. ':' .. (f[8] or '')
+  if le > now then return {'held', holder, ms(le - now), ms(now)} end
+  local lg = tonumber(f[13] or '')
+  if not lg then
+    lg = now + tonumber(ARGV[3])
+    redis.call('HSET', KEYS[1], 'lg', ms(lg))
+  end
+  if lg > now then return {'held', holder, ms(lg - now), ms(now)} end
 end
 local nb = tonumber(f[4] or '')
 if nb and nb > now and ARGV[4] ~= '1' then
@@ -65,19 +93,25 @@ if us > fence then fence = us end
 local fs = ms(fence)
 local rth = f[3] or ''
 if ia > 0 and f[6] == rth then ia = ia + 1 else ia = 1 end
-redis.call('HSET', KEYS[1], 'fence', fs, 'ih', rth, 'ia', ms(ia), 'it', ms(now), 'io', ARGV[2], 'if', fs, 'co', ARGV[5])
+redis.call('HSET', KEYS[1], 'fence', fs, 'ih', rth, 'ia', ms(ia), 'it', ms(now), 'io', ARGV[2], 'if', fs, 'co', ARGV[5],
+  'le', ms(now + tonumber(ARGV[3])))
+redis.call('HDEL', KEYS[1], 'lg')
 redis.call('SET', KEYS[2], ARGV[2] .. ':' .. fs, 'PX', ARGV[3])
 return {'ok', fs, ms(now + tonumber(ARGV[3])), f[1], ia > 1 and '1' or '0', ms(ia), rth}
-`)
+`
 
-// renewScript extends a lease that is still ours.
+// renewScript extends a lease that is still ours, and its copy "le" in
+// the record while its claim's intent is there.
 //
-//	KEYS:  lease
-//	ARGV:  lease value, ttl (ms)
+//	KEYS:  lease, record hash
+//	ARGV:  lease value, ttl (ms), fence
 //	reply: {"ok", expiry (ms)} | {"lost"}
 var renewScript = redis.NewScript(luaNow + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost'} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('HGET', KEYS[2], 'if') == ARGV[3] then
+  redis.call('HSET', KEYS[2], 'le', ms(now + tonumber(ARGV[2])))
+end
 return {'ok', ms(now + tonumber(ARGV[2]))}
 `)
 
@@ -94,9 +128,9 @@ if f[1] == ARGV[2] and f[2] == ARGV[3] then
   local ia = tonumber(f[3] or '0') or 0
   if ia > 1 then
     redis.call('HSET', KEYS[2], 'ia', string.format('%d', ia - 1))
-    redis.call('HDEL', KEYS[2], 'if', 'co')
+    redis.call('HDEL', KEYS[2], 'if', 'co', 'le', 'lg')
   else
-    redis.call('HDEL', KEYS[2], 'ih', 'it', 'io', 'ia', 'if', 'co')
+    redis.call('HDEL', KEYS[2], 'ih', 'it', 'io', 'ia', 'if', 'co', 'le', 'lg')
   end
 end
 return {'ok'}
@@ -114,16 +148,18 @@ return {'ok'}
 //
 // The op id makes a resent Complete report its first result: without it a
 // resent Refreshed would find its own new token and call it a conflict.
-var completeScript = redis.NewScript(luaNow + `
+var completeScript = redis.NewScript(completeSource)
+
+const completeSource = luaNow + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'notfound'} end
-local f = redis.call('HMGET', KEYS[1], 'gen', 'op', 'rth', 'fa', 'state', 'ih', 'ia')
+local f = redis.call('HMGET', KEYS[1], 'gen', 'op', 'rth', 'fa', 'state', 'ih', 'ia', 'if')
 local cur = tonumber(f[1] or '0') or 0
 if f[2] == ARGV[1] then return {'ok', ms(cur)} end
 local tomb = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 if tomb >= cur then return {'notfound'} end
 if (f[3] or '') ~= ARGV[4] then return {'conflict'} end
 local g = ms(cur + 1)
-local intent = {'ih', 'it', 'io', 'ia', 'if', 'co'}
+local intent = {'ih', 'it', 'io', 'ia', 'if', 'co', 'le', 'lg'}
 local function seterr(code)
   if code == '' then redis.call('HDEL', KEYS[1], 'err') else redis.call('HSET', KEYS[1], 'err', code) end
 end
@@ -165,15 +201,18 @@ elseif f[5] ~= 'reauthorization_required' then
   local ia = tonumber(f[7] or '0') or 0
   if kind == 'unknown' and not (ia > 0 and f[6] == ARGV[4]) then
     redis.call('HSET', KEYS[1], 'ih', ARGV[4], 'ia', '1', 'it', ms(now), 'io', ARGV[12], 'if', ARGV[13])
+    redis.call('HDEL', KEYS[1], 'le', 'lg')
   elseif kind == 'refused' and ia <= 1 then
     redis.call('HDEL', KEYS[1], unpack(intent))
+  elseif f[8] == ARGV[13] then
+    redis.call('HDEL', KEYS[1], 'le', 'lg') -- this presentation is over
   end
 end
 if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
 redis.call('SET', KEYS[5], kind .. '|' .. ARGV[3] .. '|' .. g, 'EX', ARGV[7])
 redis.call('PUBLISH', ARGV[9], ARGV[8])
 return {'ok', g}
-`)
+`
 
 // dueScript lists a bucket's due customers by the server's clock.
 //
@@ -255,7 +294,7 @@ func (s *Redis) claimOp(ctx context.Context, customerID string, expect int64, ow
 		ignore = "1"
 	}
 	keys := []string{s.RecordKey(customerID), s.LeaseKey(customerID)}
-	reply, err := s.run(ctx, op, claimScript, keys,
+	reply, err := s.run(ctx, op, plantedScript(claimScript), keys,
 		[]any{strconv.FormatInt(expect, 10), owner, strconv.FormatInt(ttl.Milliseconds(), 10), ignore, opID})
 	if reply == nil {
 		return nil, err
@@ -340,8 +379,8 @@ func (s *Redis) Renew(ctx context.Context, l *Lease, ttl time.Duration) (time.Ti
 		return time.Time{}, fmt.Errorf("%s: ttl %v below 1ms", op, ttl)
 	}
 	// run names the master by keys[0]; the lease is in the record's slot.
-	reply, err := s.run(ctx, op, renewScript, []string{s.LeaseKey(l.CustomerID)},
-		[]any{leaseValue(l.Owner, l.Fence), strconv.FormatInt(ttl.Milliseconds(), 10)})
+	reply, err := s.run(ctx, op, renewScript, []string{s.LeaseKey(l.CustomerID), s.RecordKey(l.CustomerID)},
+		[]any{leaseValue(l.Owner, l.Fence), strconv.FormatInt(ttl.Milliseconds(), 10), strconv.FormatInt(l.Fence, 10)})
 	if reply == nil {
 		return time.Time{}, err
 	}
@@ -414,7 +453,7 @@ func (s *Redis) completeOp(ctx context.Context, l *Lease, o Outcome, opID string
 	keys := []string{s.RecordKey(id), s.TombstoneKey(id), s.DueKey(s.BucketOf(id)), s.LeaseKey(id),
 		s.JournalKey(id, l.RefreshTokenHash)}
 
-	reply, err := s.run(ctx, op, completeScript, keys, args)
+	reply, err := s.run(ctx, op, plantedScript(completeScript), keys, args)
 	if reply == nil {
 		return 0, err
 	}

@@ -388,3 +388,43 @@ func TestRedisDueIndex(t *testing.T) {
 		})
 	}
 }
+
+// A lease key lost before its time (a failover) must not let a second
+// presentation of the same refresh token start while the first holder's
+// call may still run: the record's copy of the lease expiry holds the next
+// claim off until the holder records its outcome. (Found by the refresher's
+// state-machine test.)
+func TestRedisLeaseLostEarlyHoldsOffNextClaim(t *testing.T) {
+	r := testenv.StartRedis(t)
+	client := newClient(t, r.URL)
+	s := newRefreshStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: mustKeyring(t, newKey(t))})
+	ctx := ctxTimeout(t, 10*time.Second)
+	gen, err := s.Put(ctx, storetest.FullRecord("c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.Claim(ctx, "c1", gen, "owner-1", time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Del(ctx, s.LeaseKey("c1")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var held *tokencache.LeaseHeldError
+	if _, err := s.Claim(ctx, "c1", gen, "owner-2", time.Minute, false); !errors.As(err, &held) || held.Owner != "owner-1" {
+		t.Fatalf("claim after the lease key vanished: %v, want held by owner-1", err)
+	}
+	if _, err := s.Renew(ctx, l, time.Minute); !errors.Is(err, tokencache.ErrLeaseLost) {
+		t.Fatalf("Renew of the lost lease: %v, want ErrLeaseLost", err)
+	}
+	// The holder's call ends (its watchdog cancels it) and its unknown
+	// outcome is recorded: the next claim may present the token once more.
+	gen, err = s.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := s.Claim(ctx, "c1", gen, "owner-2", time.Minute, false)
+	if err != nil || !next.Represent {
+		t.Fatalf("claim after the holder's outcome: %+v, %v; want a re-presentation", next, err)
+	}
+}

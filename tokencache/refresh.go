@@ -27,7 +27,10 @@ import (
 // and in the record hash: "rth" (hash of the current refresh token), the
 // intent ("ih" hash of the refresh token presented, "it" time, "io" owner,
 // "ia" claims of it so far, "if" fence of the claim that wrote it, "co" op
-// id of that claim, which makes a resent Claim idempotent), "fence" (last
+// id of that claim, which makes a resent Claim idempotent, "le" expiry of
+// that claim's lease until its outcome or release, "lg" end of the grace
+// given to a holder that never recorded an outcome; see claimScript),
+// "fence" (last
 // fence number), "fa" (consecutive transient failures) and "nb" (no
 // presentation before this time, Unix ms).
 //
@@ -207,7 +210,11 @@ type RefreshStore interface {
 	// Claim leases the customer to owner for ttl if: the record exists and
 	// is active (else ErrNotFound / ErrNotActive), its generation is
 	// expect (else ErrConflict), no live lease exists (else
-	// *LeaseHeldError), and it is not in backoff (else *BackoffError;
+	// *LeaseHeldError; also while the claim that wrote the intent has
+	// recorded no outcome and its lease could still run, even if the lease
+	// itself was lost early, and then, once, for ttl more: a holder cut off
+	// from the store with an S pair gets that long to write it before the
+	// token is presented again), and it is not in backoff (else *BackoffError;
 	// ignoreBackoff skips this check, for a forced refresh). It writes the
 	// intent "refresh token rth presented at now by owner" and returns the
 	// lease. It does not raise the generation.

@@ -101,6 +101,20 @@ func mustClaim(t *testing.T, s tokencache.RefreshStore, id string, gen int64, ow
 	return l
 }
 
+// claimAfterLapse claims, for owner, a customer whose last claim (by
+// lapsed) lapsed without an outcome: the first claim is held off for its
+// ttl (shortTTL here), the grace a holder cut off from the store gets to
+// write an S pair, and the one after it succeeds.
+func claimAfterLapse(t *testing.T, s tokencache.RefreshStore, id string, gen int64, owner, lapsed string, ttl time.Duration, advance func(time.Duration)) *tokencache.Lease {
+	t.Helper()
+	_, err := s.Claim(testContext(t), id, gen, owner, shortTTL, false)
+	wantHeld(t, err, lapsed)
+	_, err = s.Claim(testContext(t), id, gen, owner, shortTTL, false)
+	wantHeld(t, err, lapsed) // the grace is given once, not moved
+	advance(shortTTL + slack)
+	return mustClaim(t, s, id, gen, owner, ttl)
+}
+
 func mustComplete(t *testing.T, s tokencache.RefreshStore, l *tokencache.Lease, o tokencache.Outcome) int64 {
 	t.Helper()
 	gen, err := s.Complete(testContext(t), l, o)
@@ -271,8 +285,9 @@ func testLeaseLapse(t *testing.T, s tokencache.RefreshStore, advance func(time.D
 	advance(shortTTL + slack)
 
 	// The first holder never completed: its presentation may have reached
-	// the wallet, so the next claim is a re-presentation.
-	second := mustClaim(t, s, "a", gen, "owner-2", longTTL)
+	// the wallet, so the next claim is a re-presentation, after the grace
+	// a holder without an outcome gets.
+	second := claimAfterLapse(t, s, "a", gen, "owner-2", "owner-1", longTTL, advance)
 	wantLease(t, second, true, 2)
 	if second.Fence <= first.Fence {
 		t.Fatalf("fence %d after %d: not growing", second.Fence, first.Fence)
@@ -394,7 +409,7 @@ func testLateHolderRefreshed(t *testing.T, s tokencache.RefreshStore, advance fu
 	gen := mustPut(t, s, FullRecord("a"))
 	late := mustClaim(t, s, "a", gen, "owner-1", shortTTL)
 	advance(shortTTL + slack)
-	current := mustClaim(t, s, "a", gen, "owner-2", longTTL)
+	current := claimAfterLapse(t, s, "a", gen, "owner-2", "owner-1", longTTL, advance)
 
 	// The lapsed holder's S answer arrives: written, and the current
 	// holder's lease is left alone.
@@ -603,7 +618,7 @@ func testStaleFailureAfterRejected(t *testing.T, s tokencache.RefreshStore, adva
 	gen := mustPut(t, s, FullRecord("a"))
 	stale := mustClaim(t, s, "a", gen, "owner-1", shortTTL)
 	advance(shortTTL + slack)
-	current := mustClaim(t, s, "a", gen, "owner-2", longTTL)
+	current := claimAfterLapse(t, s, "a", gen, "owner-2", "owner-1", longTTL, advance)
 	gen = mustComplete(t, s, current, failed(tokencache.Rejected, "USED_REFRESH_TOKEN"))
 	// The stale holder's timeout leaves the terminal record as it is.
 	gen2 := mustComplete(t, s, stale, failed(tokencache.Unknown, "WALLET_TIMEOUT"))
