@@ -9,12 +9,14 @@ import (
 	"github.com/tokenproxy/tokenproxy/tokencache"
 )
 
-// pendingWrites holds refreshed pairs the store could not take (it was
-// down when the wallet answered S). The wallet has already spent the old
-// refresh token, so these pairs are the customer's only valid ones: they are
-// served from memory and written as soon as the store answers again. One
-// goroutine retries, started with the first pair and ending when none is
-// left or the Refresher closes.
+// pendingWrites holds known outcomes the store could not take (it was down
+// when the wallet answered): refreshed pairs, and refresh tokens the wallet
+// refused. The wallet has already spent the old refresh token, so a pending
+// pair is the customer's only valid one: it is served from memory and
+// written as soon as the store answers again; a refusal is served as
+// reauthorization_required and recorded the same way, so that no replica
+// presents the token again. One goroutine retries, started with the first
+// outcome and ending when none is left or the Refresher closes.
 type pendingWrites struct {
 	r *Refresher
 
@@ -25,26 +27,37 @@ type pendingWrites struct {
 
 type pendingWrite struct {
 	lease   *tokencache.Lease
-	outcome tokencache.Outcome
+	outcome tokencache.Outcome // Refreshed or Rejected
+	rec     *tokencache.Record // what to serve meanwhile
 }
 
 const pendingRetryEvery = time.Second
+
+// retryEvery is how often pairs are retried: pendingRetryEvery, and at
+// least four times within a lease, because a holder that recorded no
+// outcome gets one lease's time, once its lease lapsed, before another
+// replica presents the spent token again (see tokencache.RefreshStore.Claim).
+func (p *pendingWrites) retryEvery() time.Duration {
+	return max(min(pendingRetryEvery, p.r.cfg.Lease/4), time.Millisecond)
+}
 
 func newPendingWrites(r *Refresher) *pendingWrites {
 	return &pendingWrites{r: r, byID: make(map[string]pendingWrite)}
 }
 
-// add keeps a pair and returns the record to serve meanwhile.
-func (p *pendingWrites) add(lease *tokencache.Lease, o tokencache.Outcome) *tokencache.Record {
+// add keeps an outcome and the record to serve meanwhile, and returns a
+// copy of that record.
+func (p *pendingWrites) add(lease *tokencache.Lease, o tokencache.Outcome, serve *tokencache.Record) *tokencache.Record {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.byID[lease.CustomerID] = pendingWrite{lease: lease, outcome: o}
-	if !p.running {
+	p.byID[lease.CustomerID] = pendingWrite{lease: lease, outcome: o, rec: serve}
+	// Once Close has begun no retry goroutine starts: its final flush
+	// writes the pair.
+	if !p.running && p.r.track() {
 		p.running = true
-		p.r.wg.Add(1)
 		go p.retry()
 	}
-	rec := *o.Record
+	rec := *serve
 	return &rec
 }
 
@@ -55,7 +68,7 @@ func (p *pendingWrites) get(id string) (*tokencache.Record, bool) {
 	if !ok {
 		return nil, false
 	}
-	rec := *w.outcome.Record
+	rec := *w.rec
 	return &rec, true
 }
 
@@ -68,7 +81,7 @@ func (p *pendingWrites) drop(id string) {
 
 func (p *pendingWrites) retry() {
 	defer p.r.wg.Done()
-	t := time.NewTicker(pendingRetryEvery)
+	t := time.NewTicker(p.retryEvery())
 	defer t.Stop()
 	for {
 		select {
@@ -115,11 +128,11 @@ func (p *pendingWrites) writeAll(ctx context.Context) int {
 		cancel()
 		switch {
 		case err == nil:
-			rec := *w.outcome.Record
+			rec := *w.rec
 			rec.Generation = gen
 			p.r.cache.put(&rec)
 			p.r.storeOK()
-			p.r.log.Info("refreshed pair written after the store came back", "customer", w.lease.CustomerID)
+			p.r.log.Info("refresh outcome written after the store came back", "customer", w.lease.CustomerID, "outcome", w.outcome.Kind)
 		case errors.Is(err, tokencache.ErrNotFound), errors.Is(err, tokencache.ErrConflict):
 			p.r.log.Info("kept pair superseded by a delete or a new exchange", "customer", w.lease.CustomerID)
 		default:

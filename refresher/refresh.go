@@ -53,7 +53,9 @@ const maxRounds = 1000
 // detached from the caller, and waits for it at most until ctx ends.
 func (r *Refresher) refresh(ctx context.Context, customerID, trigger string, done func(*tokencache.Record) bool) (*tokencache.Record, error) {
 	ch := r.flights.DoChan(customerID+"\x00"+trigger, func() (any, error) {
-		r.wg.Add(1)
+		if !r.track() {
+			return nil, fmt.Errorf("refresh: %w: shutting down", wallet.ErrUnavailable)
+		}
 		defer r.wg.Done()
 		runCtx, cancel := context.WithTimeout(r.ctx, r.refreshBudget())
 		defer cancel()
@@ -187,13 +189,22 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 		return r.get(wctx, rec.CustomerID)
 	default:
 		r.storeFailed("complete")
-		if o.Kind != tokencache.Refreshed {
-			return nil, fmt.Errorf("record refresh outcome: %w", err)
+		switch o.Kind {
+		case tokencache.Refreshed:
+			// Never throw an S pair away: keep it, serve it, write it later.
+			next := r.pending.add(lease, o, o.Record)
+			r.log.Error("token store unavailable: refreshed pair kept in memory until it can be written", "customer", rec.CustomerID, "err", err)
+			return next, nil
+		case tokencache.Rejected:
+			// A known answer too: written later, so that no replica
+			// presents the refused token again meanwhile.
+			ended := *rec
+			ended.State, ended.LastError, ended.NextRefresh = tokencache.StateReauthorizationRequired, o.Code, time.Time{}
+			r.pending.add(lease, o, &ended)
+			r.log.Error("token store unavailable: refused refresh token kept in memory until it can be recorded", "customer", rec.CustomerID, "err", err)
+			return nil, ErrReauthorizationRequired
 		}
-		// Never throw an S pair away: keep it, serve it, write it later.
-		next := r.pending.add(lease, o)
-		r.log.Error("token store unavailable: refreshed pair kept in memory until it can be written", "customer", rec.CustomerID, "err", err)
-		return next, nil
+		return nil, fmt.Errorf("record refresh outcome: %w", err)
 	}
 	switch o.Kind {
 	case tokencache.Refreshed:
@@ -265,10 +276,12 @@ func metricCode(o tokencache.Outcome) string {
 }
 
 // backoffFor is the cooldown after the n-th consecutive transient failure:
-// 1 s doubling to 30 s, jittered to between half and all of it.
+// 1 s doubling to 30 s (design.md: "from about 1 s to 30 s"), plus up to
+// half again of jitter so that customers that failed together do not retry
+// together, never past the cap.
 func backoffFor(n int) time.Duration {
 	d := min(backoffBase<<min(max(n-1, 0), 5), backoffMax)
-	return d/2 + randN(d/2+1)
+	return min(d+randN(d/2+1), backoffMax)
 }
 
 func randN(d time.Duration) time.Duration {

@@ -125,6 +125,9 @@ type Refresher struct {
 
 	mu       sync.Mutex
 	inflight map[string]int
+	// closed is set when Close begins: no detached work starts after it,
+	// so wg.Add never races the wg.Wait of Close (see track).
+	closed bool
 
 	ctx    context.Context // parent of all detached refresh work
 	cancel context.CancelFunc
@@ -192,6 +195,9 @@ func New(cfg Config) *Refresher {
 // written), and pair writes still pending (the store was down) get one last
 // try.
 func (r *Refresher) Close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
 	r.cancel()
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
@@ -267,6 +273,15 @@ func (r *Refresher) Rejected(ctx context.Context, tok Token) (Token, error) {
 		if rec, err = r.refresh(ctx, tok.CustomerID, TriggerRetry, replaced); err != nil {
 			return Token{}, err
 		}
+	} else if planted("rejected-without-check") {
+		// A planted bug, in plantbugs test builds only: refresh whatever
+		// is stored, as if tok had not been replaced.
+		gen := rec.Generation
+		if rec, err = r.refresh(ctx, tok.CustomerID, TriggerRetry, func(cur *tokencache.Record) bool {
+			return cur.Generation > gen
+		}); err != nil {
+			return Token{}, err
+		}
 	}
 	return tokenOf(rec), nil
 }
@@ -318,13 +333,15 @@ func (r *Refresher) Status(ctx context.Context, customerID string) (Status, erro
 // Forget deletes the customer's tokens everywhere (the user unlinked). A
 // refresh in flight, on any replica, cannot write them back.
 func (r *Refresher) Forget(ctx context.Context, customerID string) error {
-	r.pending.drop(customerID)
 	r.cache.remove(customerID)
 	if err := r.cfg.Store.Delete(ctx, customerID); err != nil {
+		// Not deleted: a refreshed pair waiting for the store is still
+		// the customer's only valid one, so it stays.
 		r.storeFailed("delete")
 		return fmt.Errorf("forget customer: %w", err)
 	}
 	r.storeOK()
+	r.pending.drop(customerID)
 	r.cache.remove(customerID)
 	return nil
 }
@@ -422,7 +439,10 @@ func (r *Refresher) goBackground(fn func(ctx context.Context)) bool {
 	default:
 		return false
 	}
-	r.wg.Add(1)
+	if !r.track() {
+		<-r.slots
+		return false
+	}
 	go func() {
 		defer r.wg.Done()
 		defer func() { <-r.slots }()
@@ -469,6 +489,21 @@ func NextRefresh(now, expiry time.Time, before, jitter time.Duration) time.Time 
 		lead = max(life/2, 0)
 	}
 	return expiry.Add(-lead)
+}
+
+// track counts one more goroutine of detached work in wg, unless Close has
+// begun: then it reports false and the work must not start. (A wg.Add from
+// zero that races wg.Wait is a misuse that can panic: a refresh's flight
+// goroutine, for one, starts after its caller and may start while Close
+// waits.)
+func (r *Refresher) track() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.wg.Add(1)
+	return true
 }
 
 func (r *Refresher) setRefreshing(id string, on bool) {

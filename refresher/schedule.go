@@ -80,7 +80,10 @@ func (r *Refresher) schedule(ctx context.Context, id string) bool {
 	case <-ctx.Done():
 		return false
 	}
-	r.wg.Add(1)
+	if !r.track() {
+		<-r.slots
+		return false
+	}
 	go func() {
 		defer r.wg.Done()
 		defer func() { <-r.slots }()

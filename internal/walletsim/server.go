@@ -16,6 +16,7 @@
 //	POST   /sim/seed       {"count","accessTtl","refreshTtl","prefix","start","refreshedAccessTtl"} -> NDJSON token pairs
 //	POST   /sim/faults     one fault rule (see Fault);  GET lists them; DELETE clears them
 //	GET    /sim/stats      counters (see Stats);        DELETE zeroes them
+//	GET    /sim/ledger     the exactly-once ledger (see Ledger)
 //	GET    /sim/publickey  the wallet public key, PEM
 //
 // State lives in memory and is safe for heavy concurrent use. Tokens are
@@ -115,6 +116,7 @@ type Server struct {
 	tokens tokenStore
 	faults faultSet
 	stats  statsRecorder
+	ledger ledger
 }
 
 // New checks cfg and returns a Server with empty state. It generates the
@@ -308,11 +310,24 @@ func (s *Server) serveWallet(w http.ResponseWriter, r *http.Request, rel string)
 	a := s.process(r, rel, uri, clientID, body, fields, parseErr)
 	s.log.Debug("wallet call", "path", rel, "grantType", grant, "resultStatus", a.status, "resultCode", a.code, "fault", rule != nil)
 
+	// The ledger: a refresh token looked up answers S or a refresh-token F.
+	var presented string
+	if grant == GrantRefreshToken && (a.code == wallet.CodeSuccess || wallet.IsRefreshTokenRejection(a.code)) {
+		presented, _ = fields.str("refreshToken", maxToken)
+		s.ledger.presented(presented, s.tokens.customerOfRefresh(presented), a.code)
+	}
 	if rule != nil && rule.DropAfterProcessing {
 		cutConnection(w, false)
+		if presented != "" {
+			s.ledger.answered(presented, a.code, false)
+		}
 		return
 	}
-	s.replyBody(w, uri, clientID, a.httpStatus, a.body, rule != nil && hit(rule.BadSignatureRate))
+	corrupt := rule != nil && hit(rule.BadSignatureRate)
+	s.replyBody(w, uri, clientID, a.httpStatus, a.body, corrupt)
+	if presented != "" {
+		s.ledger.answered(presented, a.code, !corrupt && r.Context().Err() == nil)
+	}
 }
 
 // grantOf is the stats and fault-matching key of a call: the grantType of

@@ -40,6 +40,8 @@ func (s *Server) serveSim(w http.ResponseWriter, r *http.Request, name string) {
 		routes = []route{{http.MethodGet, s.simStats}, {http.MethodDelete, s.simResetStats}}
 	case "publickey":
 		routes = []route{{http.MethodGet, s.simPublicKey}}
+	case "ledger":
+		routes = []route{{http.MethodGet, s.simLedger}}
 	default:
 		simError(w, http.StatusNotFound, "no such endpoint: /sim/"+name)
 		return
