@@ -1,5 +1,6 @@
 # tokenproxy: `make demo` runs the quick start, `make test` the tests,
-# `make bench` the proactive-refresh benchmark (docs/benchmarks.md).
+# `make bench` the proactive-refresh benchmark (docs/benchmarks.md), `make soak`
+# the chaos soak (docs/reliability.md).
 SHELL       := /bin/bash
 GO          ?= go
 BIN         := bin
@@ -9,8 +10,9 @@ TEST_FLAGS  ?= -race -count=1 -timeout 40m
 # BENCH_FLAGS: flags of internal/bench/refresh, e.g. a quick try:
 #   make bench BENCH_FLAGS='-customers 2000 -window 1m -lead 20s -jitter 5s'
 BENCH_FLAGS ?=
+SOAK_FLAGS  ?=
 
-.PHONY: all build demo run test lint bench bench-go check-go check-redis clean
+.PHONY: all build demo run test lint bench bench-go soak check-go check-redis clean
 
 all: build
 
@@ -31,8 +33,11 @@ demo: build
 run: build
 	$(GO) run ./internal/demo -serve -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim
 
+# test: every test, then the state-machine checker with each known bug
+# planted (build tag plantbugs), which must catch them all.
 test: check-go check-redis
 	$(GO) test $(TEST_FLAGS) ./...
+	$(GO) test -race -count=1 -tags plantbugs -run TestPlantedBugsCaught ./refresher/...
 
 lint: check-go
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -43,6 +48,13 @@ lint: check-go
 # before expiry with 0 duplicates. Takes about 22 minutes with the defaults.
 bench: build check-redis
 	$(GO) run ./internal/bench/refresh -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim $(BENCH_FLAGS)
+
+# soak: the chaos soak of docs/reliability.md (not CI): 3 replicas, walletsim
+# with rotating faults, SIGKILLs of replicas and redis-server, 2000 customers,
+# 10 minutes by default. SOAK_FLAGS: flags of internal/soak, e.g.
+#   make soak SOAK_FLAGS='-duration 2m -customers 300'
+soak: build check-redis
+	$(GO) run ./internal/soak -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim $(SOAK_FLAGS)
 
 # bench-go: the Go micro-benchmarks.
 bench-go: check-go check-redis

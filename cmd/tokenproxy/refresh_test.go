@@ -858,6 +858,7 @@ func TestRefreshOutcomes(t *testing.T) {
 			lost0 := metricSum(t, lostRotationsSeries, procs...)
 			if c.fault != "" {
 				h.fault(`{"path":"` + applyV1 + `","grantType":"REFRESH_TOKEN",` + c.fault + `}`)
+				t.Cleanup(h.clearFaults) // a failed case must not leave its fault to the next
 			}
 			status, code := appCall(t, p, id)
 			if status != c.status || code != c.appCode {
