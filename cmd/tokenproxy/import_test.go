@@ -385,7 +385,7 @@ func TestImportSeededCustomersAreUsable(t *testing.T) {
 // slower than the real command).
 func TestImportLarge(t *testing.T) {
 	if testing.Short() {
-		t.Skip("imports 100,000 pairs")
+		t.Skip("short mode: imports 100,000 pairs")
 	}
 	h := newHarness(t).withRedis()
 	seeded := h.seed(100_000, "bulk-", "2h")

@@ -273,7 +273,7 @@ func refreshCalls(s simStats) int { return s.calls(applyV1, grantRT) }
 // are answered by the proxy without a wallet call; it mostly waits.
 func TestRefreshUnknownStorm(t *testing.T) {
 	if testing.Short() {
-		t.Skip("a minute of wallet outage")
+		t.Skip("short mode: a minute of wallet outage")
 	}
 	t.Parallel()
 	const storm, rate, maxCalls = time.Minute, 10, 12
