@@ -432,20 +432,29 @@ func waitTimeout(ctx context.Context) time.Duration {
 	return max(d, time.Millisecond)
 }
 
-// encode returns the field/value pairs of a normalized record, tokens
-// sealed with the keyring's first key.
-func (s *Redis) encode(rec *Record) ([]any, error) {
-	var kid, at, rt string
-	var err error
+// sealTokens seals the record's tokens with the keyring's first key and
+// returns that key's id and the sealed access and refresh tokens ("" for
+// an absent token).
+func (s *Redis) sealTokens(rec *Record) (kid, at, rt string, err error) {
 	if rec.AccessToken != "" {
 		if kid, at, err = s.keyring.Seal(s.prefix, rec.CustomerID, fAccess, []byte(rec.AccessToken.Reveal())); err != nil {
-			return nil, err
+			return "", "", "", err
 		}
 	}
 	if rec.RefreshToken != "" {
 		if kid, rt, err = s.keyring.Seal(s.prefix, rec.CustomerID, fRefresh, []byte(rec.RefreshToken.Reveal())); err != nil {
-			return nil, err
+			return "", "", "", err
 		}
+	}
+	return kid, at, rt, nil
+}
+
+// encode returns the field/value pairs of a normalized record, tokens
+// sealed with the keyring's first key.
+func (s *Redis) encode(rec *Record) ([]any, error) {
+	kid, at, rt, err := s.sealTokens(rec)
+	if err != nil {
+		return nil, err
 	}
 	var replay string
 	if len(rec.Replay) > 0 {

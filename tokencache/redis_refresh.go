@@ -485,17 +485,9 @@ func (s *Redis) completeOp(ctx context.Context, l *Lease, o Outcome, opID string
 // the new tokens sealed with the keyring's first key, their expiries, the
 // refresh times, the new rth and the format version.
 func (s *Redis) encodeRefreshed(rec *Record) ([]any, error) {
-	var kid, at, rt string
-	var err error
-	if rec.AccessToken != "" {
-		if kid, at, err = s.keyring.Seal(s.prefix, rec.CustomerID, fAccess, []byte(rec.AccessToken.Reveal())); err != nil {
-			return nil, err
-		}
-	}
-	if rec.RefreshToken != "" {
-		if kid, rt, err = s.keyring.Seal(s.prefix, rec.CustomerID, fRefresh, []byte(rec.RefreshToken.Reveal())); err != nil {
-			return nil, err
-		}
+	kid, at, rt, err := s.sealTokens(rec)
+	if err != nil {
+		return nil, err
 	}
 	return []any{
 		fVersion, formatVersion,
