@@ -8,11 +8,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tokenproxy/tokenproxy/internal/keygen"
 )
 
 func main() {
@@ -53,7 +51,7 @@ func run(tokenproxyBin, walletsimBin string, serve bool) error {
 	defer os.RemoveAll(dir)
 
 	step("Generating a merchant RSA-2048 key pair (the wallet gets the public half)")
-	keyFile, pubFile, err := writeKeyPair(dir)
+	keyFile, pubFile, err := keygen.WriteKeyPair(dir)
 	if err != nil {
 		return err
 	}
@@ -237,26 +235,6 @@ func call(method, url string, hdr map[string]string, body string, out any) ([]by
 		return b, json.Unmarshal(b, out)
 	}
 	return b, nil
-}
-
-func writeKeyPair(dir string) (keyFile, pubFile string, err error) {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return "", "", err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return "", "", err
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		return "", "", err
-	}
-	keyFile, pubFile = filepath.Join(dir, "merchant.key"), filepath.Join(dir, "merchant.pub")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return "", "", err
-	}
-	return keyFile, pubFile, os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
 }
 
 type proc struct {

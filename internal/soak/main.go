@@ -29,11 +29,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -52,6 +49,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/tokenproxy/tokenproxy/internal/keygen"
 )
 
 const clientID = "SOAK_CLIENT"
@@ -277,7 +276,7 @@ func (s *soak) run(ctx context.Context) error {
 		return err
 	}
 	s.dir = dir
-	keyFile, pubFile, err := writeKeyPair(dir)
+	keyFile, pubFile, err := keygen.WriteKeyPair(dir)
 	if err != nil {
 		return err
 	}
@@ -349,26 +348,6 @@ func (s *soak) run(ctx context.Context) error {
 		return ctx.Err()
 	}
 	return s.finish(ctx)
-}
-
-func writeKeyPair(dir string) (keyFile, pubFile string, err error) {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return "", "", err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return "", "", err
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		return "", "", err
-	}
-	keyFile, pubFile = filepath.Join(dir, "merchant.key"), filepath.Join(dir, "merchant.pub")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return "", "", err
-	}
-	return keyFile, pubFile, os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
 }
 
 var client = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}

@@ -34,11 +34,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -56,6 +53,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tokenproxy/tokenproxy/internal/keygen"
 
 	"github.com/redis/go-redis/v9"
 
@@ -244,7 +243,7 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if b.keyFile, b.pubFile, err = writeKeyPair(b.dir); err != nil {
+	if b.keyFile, b.pubFile, err = keygen.WriteKeyPair(b.dir); err != nil {
 		return nil, err
 	}
 	key := make([]byte, 32)
@@ -881,26 +880,6 @@ func freePorts(n int) ([]int, error) {
 		}
 	}
 	return ports, nil
-}
-
-func writeKeyPair(dir string) (keyFile, pubFile string, err error) {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return "", "", err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return "", "", err
-	}
-	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		return "", "", err
-	}
-	keyFile, pubFile = filepath.Join(dir, "merchant.key"), filepath.Join(dir, "merchant.pub")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return "", "", err
-	}
-	return keyFile, pubFile, os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
 }
 
 // procCPU is utime+stime of a running process, in seconds.
