@@ -87,4 +87,3 @@ func (c *limitedConn) Close() error {
 	c.once.Do(c.release)
 	return err
 }
-
