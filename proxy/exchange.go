@@ -18,9 +18,10 @@ const (
 var notReplayed = []string{"grantType", "authCode", "refreshToken", "accessToken"}
 
 // serveExchange exchanges an authorization code: validate, sign, call the
-// wallet, store the pair, and answer the wallet's body without the tokens.
-func (h *Handler) serveExchange(w http.ResponseWriter, r *http.Request) error {
-	obj, err := h.readObject(w, r)
+// wallet, store the pair, and answer with the allow-listed fields of the
+// wallet's answer, read once (readExchangeAnswer).
+func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
+	obj, err := h.readObject(w, c)
 	if err != nil {
 		return err
 	}
@@ -28,36 +29,33 @@ func (h *Handler) serveExchange(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	obj = obj.without("accessToken", "refreshToken")
-	resp, err := h.cfg.Wallet.Call(r.Context(), r.URL.Path, r.URL.RawQuery, obj.marshal(), r.Header)
+	resp, err := h.call(c, obj.marshal())
 	if err != nil {
 		return err
 	}
+	answer, err := readExchangeAnswer(resp.Body)
+	if err != nil {
+		return err // malformed: 502, nothing stored
+	}
 	// The exchange answer never carries the wallet's Response-Time and
-	// Signature: on S its body is no longer the one the wallet signed.
+	// Signature: its body is no longer the one the wallet signed.
 	resp.Header.Del(wallet.HeaderResponseTime)
 	resp.Header.Del(wallet.HeaderSignature)
-	if resp.Result.ResultStatus != wallet.StatusSuccess {
-		writeWalletResponse(w, resp, "")
+	resp.Body = answer.app.marshal()
+	if answer.pair == nil { // F or U: the wallet's status, the rebuilt body
+		h.writeWalletResponse(w, resp, nil)
 		return nil
 	}
-	pair, err := wallet.ParseTokenResponse(resp.Body)
-	if err != nil {
-		return err // malformed S: 502, nothing stored
-	}
+	pair := answer.pair
 	replay := make(map[string]json.RawMessage)
 	for _, m := range obj.without(notReplayed...) {
 		replay[m.key] = m.raw
 	}
-	if err := h.cfg.Tokens.Install(r.Context(), refresher.Exchange{Path: r.URL.Path, Replay: replay, Pair: pair}); err != nil {
+	if err := h.cfg.Tokens.Install(c.r.Context(), refresher.Exchange{Path: c.target.path, Replay: replay, Pair: pair}); err != nil {
 		return err
 	}
-	answer, err := parseObject(resp.Body)
-	if err != nil {
-		return err
-	}
-	resp.Body = answer.without("accessToken", "refreshToken").marshal()
-	h.log.Info("authorization code exchanged", "customer", pair.CustomerID, "access_token_expiry", pair.AccessTokenExpiry)
-	writeWalletResponse(w, resp, "")
+	h.log.Info("authorization code exchanged", append([]any{"customer", pair.CustomerID, "access_token_expiry", pair.AccessTokenExpiry}, logIDs(c.pass)...)...)
+	h.writeWalletResponse(w, resp, formsOf(pair.AccessToken, pair.RefreshToken))
 	return nil
 }
 

@@ -505,10 +505,12 @@ func (s *Redis) refreshTokenHashes(customerID string, token Secret) []string {
 }
 
 // decode turns a record hash back into a Record, opening the tokens.
-// Errors name fields, never their values.
+// Errors name fields, never their values: a record that does not open is a
+// *SealError, one that is incomplete or holds a malformed field wraps
+// ErrCorrupt. Neither is ever used to call the wallet.
 func (s *Redis) decode(customerID string, vals map[string]string) (*Record, error) {
 	if v := vals[fVersion]; v != formatVersion {
-		return nil, fmt.Errorf("record format version %q not supported", v)
+		return nil, corrupt(fVersion, "format version not supported")
 	}
 	rec := &Record{
 		CustomerID:       customerID,
@@ -519,12 +521,12 @@ func (s *Redis) decode(customerID string, vals map[string]string) (*Record, erro
 		RefreshTokenHash: vals[fRTH],
 	}
 	var err error
-	if rec.Generation, err = strconv.ParseInt(vals[fGeneration], 10, 64); err != nil {
-		return nil, fmt.Errorf("field %s: malformed", fGeneration)
+	if rec.Generation, err = strconv.ParseInt(vals[fGeneration], 10, 64); err != nil || rec.Generation <= 0 {
+		return nil, corrupt(fGeneration, "missing or malformed")
 	}
 	if fa := vals[fFailures]; fa != "" {
-		if rec.Failures, err = strconv.Atoi(fa); err != nil {
-			return nil, fmt.Errorf("field %s: malformed", fFailures)
+		if rec.Failures, err = strconv.Atoi(fa); err != nil || rec.Failures < 0 {
+			return nil, corrupt(fFailures, "malformed")
 		}
 	}
 	for _, f := range []struct {
@@ -539,12 +541,12 @@ func (s *Redis) decode(customerID string, vals map[string]string) (*Record, erro
 		{fNotBefore, &rec.NotBefore},
 	} {
 		if *f.dst, err = parseUnixMilli(vals[f.name]); err != nil {
-			return nil, fmt.Errorf("field %s: malformed", f.name)
+			return nil, corrupt(f.name, "malformed")
 		}
 	}
 	if r := vals[fReplay]; r != "" {
 		if err := json.Unmarshal([]byte(r), &rec.Replay); err != nil {
-			return nil, fmt.Errorf("field %s: malformed", fReplay)
+			return nil, corrupt(fReplay, "malformed")
 		}
 		if len(rec.Replay) == 0 {
 			rec.Replay = nil
@@ -566,6 +568,9 @@ func (s *Redis) decode(customerID string, vals map[string]string) (*Record, erro
 			return nil, err
 		}
 		*f.dst = Secret(plain)
+	}
+	if err := checkComplete(rec); err != nil {
+		return nil, err
 	}
 	return rec, nil
 }

@@ -29,7 +29,7 @@ func TestRedisResentWriteAppliesOnce(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	rec := &Record{CustomerID: "c1", AccessToken: "a1", RefreshToken: "r1", AccessTokenExpiry: time.Now().Add(time.Hour)}
+	rec := &Record{CustomerID: "c1", AccessToken: "a1", RefreshToken: "r1", AccessTokenExpiry: time.Now().Add(time.Hour), ExchangePath: "/v1/authorizations/applyToken"}
 
 	tests := []struct {
 		name   string
@@ -91,7 +91,7 @@ func TestRedisResentProtocolAppliesOnce(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	rec := &Record{CustomerID: "c1", AccessToken: "a1", RefreshToken: "r1", AccessTokenExpiry: time.Now().Add(time.Hour)}
+	rec := &Record{CustomerID: "c1", AccessToken: "a1", RefreshToken: "r1", AccessTokenExpiry: time.Now().Add(time.Hour), ExchangePath: "/v1/authorizations/applyToken"}
 	gen, err := s.Put(ctx, rec)
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -150,38 +151,59 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	})
 	defer ref.Close()
 
+	mem := planMemory(int64(cfg.MemoryLimit), cfg.MaxInflight, cgroupMemoryLimit)
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(float64(mem.limit) * gcShare))
+	}
+	log.Info("memory plan", "limit_bytes", mem.limit, "from_cgroup", mem.fromCgroup,
+		"body_budget_bytes", mem.bodyBudget, "max_inflight", mem.maxInflight)
+
 	handler := proxy.New(proxy.Config{
 		Tokens:         ref,
 		Wallet:         client,
 		CustomerHeader: cfg.CustomerHeader,
 		Inject:         inject,
 		TokenPaths:     cfg.TokenPaths,
+		PathPrefix:     base.Path,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
+		Limiter:        proxy.NewLimiter(mem.maxInflight, mem.bodyBudget),
 		Metrics:        proxy.NewMetrics(reg),
 		Logger:         log,
 	})
 
 	var ready readiness
-	appLn, err := net.Listen("tcp", cfg.ListenAddr)
+	appLn, cleanupApp, err := listenApp(cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("listen on TOKENPROXY_LISTEN_ADDR: %w", err)
 	}
+	defer cleanupApp()
+	// Connections beyond what the calls in flight need wait in the
+	// kernel's accept queue instead of costing memory here.
+	appLn = limitListener(appLn, 2*mem.maxInflight+16)
 	opsLn, err := net.Listen("tcp", cfg.OpsAddr)
 	if err != nil {
 		appLn.Close()
 		return fmt.Errorf("listen on TOKENPROXY_OPS_ADDR: %w", err)
 	}
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	app := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// A call may wait for a refresh, call the wallet and retry once.
+		WriteTimeout:   3*cfg.UpstreamTimeout + cfg.RefreshLease + 10*time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       errLog,
 	}
 	ops := &http.Server{
 		Handler:           opsHandler(reg, &ready),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          errLog,
 	}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- app.Serve(appLn) }()

@@ -1068,12 +1068,6 @@ func testRefreshTokenHash(t *testing.T, s tokencache.RefreshStore, _ func(time.D
 	if h := mustGet(t, s, "a").RefreshTokenHash; h == ha {
 		t.Fatal("another token, same hash")
 	}
-	none := FullRecord("none")
-	none.RefreshToken = ""
-	mustPut(t, s, none)
-	if h := mustGet(t, s, "none").RefreshTokenHash; h != "" {
-		t.Fatalf("hash %q of no token", h)
-	}
 }
 
 // CheckDueIndex puts n customers with scattered NextRefresh times (past,
