@@ -79,7 +79,26 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 	watch, stop := r.cfg.Store.Watch(customerID)
 	defer stop()
 
+	// awaited: the refresh token another caller was presenting while
+	// this one waited.
+	var awaited string
 	for range maxRounds {
+		if rec, ok := r.pending.get(customerID); ok {
+			// This replica holds a known outcome the store has not taken
+			// yet: the stored refresh token is spent. Never claim it; serve
+			// what is held if it will do, else wait for the write.
+			switch {
+			case rec.State == tokencache.StateReauthorizationRequired:
+				return nil, ErrReauthorizationRequired
+			case done(rec):
+				return rec, nil
+			}
+			r.wait(ctx, watch, pollEvery)
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("wait for a kept outcome to be written: %w: %w", wallet.ErrTimeout, ctx.Err())
+			}
+			continue
+		}
 		rec, err := r.get(ctx, customerID)
 		if err != nil {
 			return nil, err
@@ -89,6 +108,10 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 		}
 		if done(rec) {
 			return rec, nil
+		}
+		if j := rec.Journal; awaited != "" && trigger != TriggerForced && j.For(awaited, r.now()) &&
+			rec.RefreshTokenHash == awaited && (j.Kind == tokencache.Unknown || j.Kind == tokencache.Refused) {
+			return nil, replay(j)
 		}
 		if !rec.RefreshTokenExpiry.IsZero() && !r.now().Before(rec.RefreshTokenExpiry) {
 			// Never present a refresh token past its expiry: the answer is known.
@@ -104,7 +127,7 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 		// time spent waiting above never starves a call once claimed.
 		claimCtx, cancel := context.WithTimeout(r.ctx, storeWriteTimeout)
 		claimedAt := time.Now()
-		lease, err := r.cfg.Store.Claim(claimCtx, customerID, rec.Generation, r.cfg.Owner, r.cfg.Lease, trigger == TriggerForced)
+		lease, err := tokencache.Claim(claimCtx, r.cfg.Store, customerID, rec.Generation, r.cfg.Owner, r.cfg.Lease, trigger == TriggerForced)
 		cancel()
 		var held *tokencache.LeaseHeldError
 		var cool *tokencache.BackoffError
@@ -118,6 +141,7 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 			if trigger == TriggerScheduled {
 				return rec, nil // another replica is on it
 			}
+			awaited = rec.RefreshTokenHash
 			r.wait(ctx, watch, min(held.TTL, pollEvery))
 		case errors.As(err, &cool):
 			return nil, &CooldownError{LastError: cool.LastError, Remaining: cool.Remaining}
@@ -134,6 +158,18 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 		}
 	}
 	return nil, fmt.Errorf("refresh: %w: gave up after %d rounds", wallet.ErrUnavailable, maxRounds)
+}
+
+// replay is what a caller that waited for another caller's presentation
+// (on any replica) gets when that one failed transiently: its outcome from
+// the journal (design.md step 4), in the class the presenter's own caller
+// got, without another wallet call.
+func replay(j tokencache.JournalEntry) error {
+	class := wallet.ErrUnavailable
+	if j.Code == wallet.CodeWalletTimeout {
+		class = wallet.ErrTimeout
+	}
+	return fmt.Errorf("refresh by another caller: %s %s: %w", j.Kind, j.Code, class)
 }
 
 // wait sleeps until the store says the customer changed, or d passes.
@@ -156,7 +192,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 	body, err := wallet.RefreshBody(wallet.Secret(rec.RefreshToken.Reveal()), rec.Replay)
 	if err != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
-		_ = r.cfg.Store.Release(rctx, lease)
+		_ = tokencache.Release(rctx, r.cfg.Store, lease)
 		cancel()
 		return nil, fmt.Errorf("build refresh body: %w", err)
 	}
@@ -177,7 +213,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 	}
 	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
 	defer wcancel()
-	gen, err := r.cfg.Store.Complete(wctx, lease, o)
+	gen, err := tokencache.Complete(wctx, r.cfg.Store, lease, o)
 	switch {
 	case err == nil:
 		r.storeOK()
@@ -319,7 +355,7 @@ func (r *Refresher) watch(callCtx context.Context, cancel context.CancelFunc, le
 			case <-renew.C:
 				sent := time.Now()
 				rctx, rcancel := context.WithTimeout(callCtx, ttl/3)
-				_, err := r.cfg.Store.Renew(rctx, lease, ttl)
+				err := tokencache.Renew(rctx, r.cfg.Store, lease, ttl)
 				rcancel()
 				if err != nil {
 					if callCtx.Err() == nil {
@@ -346,7 +382,7 @@ func (r *Refresher) expireRefreshToken(ctx context.Context, rec *tokencache.Reco
 	next.State = tokencache.StateReauthorizationRequired
 	next.LastError = wallet.CodeExpiredRefreshToken
 	next.NextRefresh = time.Time{}
-	if _, err := r.cfg.Store.CompareAndSwap(ctx, &next, rec.Generation); err != nil &&
+	if _, err := tokencache.CompareAndSwap(ctx, r.cfg.Store, &next, rec.Generation); err != nil &&
 		!errors.Is(err, tokencache.ErrConflict) && !errors.Is(err, tokencache.ErrNotFound) {
 		r.storeFailed("cas")
 		return fmt.Errorf("record expired refresh token: %w", err)

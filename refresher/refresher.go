@@ -57,8 +57,9 @@ func (e *CooldownError) Unwrap() error {
 	return wallet.ErrUnavailable
 }
 
-// Store is the token store with the refresh protocol.
-type Store = tokencache.RefreshStore
+// Store is where records live and the refresh protocol's steps are
+// applied (see tokencache.Store).
+type Store = tokencache.Store
 
 // Wallet presents a refresh token: an applyToken call.
 type Wallet interface {
@@ -95,8 +96,11 @@ type Config struct {
 	// recount of tokenproxy_tokens (default 30s).
 	ScheduleEvery time.Duration
 	CensusEvery   time.Duration
-	Metrics       *Metrics
-	Logger        *slog.Logger
+	// Census counts the store's customers by state for tokenproxy_tokens
+	// (the stores' Census methods); nil: not counted.
+	Census  func(ctx context.Context) (tokencache.Census, error)
+	Metrics *Metrics
+	Logger  *slog.Logger
 	// Now is the local clock for token expiry checks (default time.Now).
 	// Leases, backoff and schedules use the store's clock.
 	Now func() time.Time
@@ -273,15 +277,6 @@ func (r *Refresher) Rejected(ctx context.Context, tok Token) (Token, error) {
 		if rec, err = r.refresh(ctx, tok.CustomerID, TriggerRetry, replaced); err != nil {
 			return Token{}, err
 		}
-	} else if planted("rejected-without-check") {
-		// A planted bug, in plantbugs test builds only: refresh whatever
-		// is stored, as if tok had not been replaced.
-		gen := rec.Generation
-		if rec, err = r.refresh(ctx, tok.CustomerID, TriggerRetry, func(cur *tokencache.Record) bool {
-			return cur.Generation > gen
-		}); err != nil {
-			return Token{}, err
-		}
 	}
 	return tokenOf(rec), nil
 }
@@ -296,19 +291,8 @@ type Exchange struct {
 // Install stores the pair of a new exchange for its customer, replacing
 // whatever was stored (a reauthorization_required state included).
 func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
-	now := r.now()
-	rec := &tokencache.Record{
-		CustomerID:         ex.Pair.CustomerID,
-		AccessToken:        tokencache.Secret(ex.Pair.AccessToken.Reveal()),
-		AccessTokenExpiry:  ex.Pair.AccessTokenExpiry,
-		RefreshToken:       tokencache.Secret(ex.Pair.RefreshToken.Reveal()),
-		RefreshTokenExpiry: ex.Pair.RefreshTokenExpiry,
-		ExchangePath:       ex.Path,
-		Replay:             ex.Replay,
-		LastUsed:           now,
-		NextRefresh:        r.nextRefresh(now, ex.Pair.AccessTokenExpiry),
-	}
-	gen, err := r.cfg.Store.Put(ctx, rec)
+	rec := NewRecord(ex, r.now(), r.cfg.RefreshBefore, r.cfg.RefreshJitter)
+	gen, err := tokencache.Put(ctx, r.cfg.Store, rec)
 	if err != nil {
 		r.storeFailed("put")
 		return fmt.Errorf("store exchange: %w", err)
@@ -318,6 +302,23 @@ func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
 	r.pending.drop(rec.CustomerID)
 	r.cache.put(rec)
 	return nil
+}
+
+// NewRecord is the record a new exchange (or an import of its pair, at
+// now) stores: the pair, what refreshes replay, used at now, due
+// NextRefresh(now, expiry, before, jitter).
+func NewRecord(ex Exchange, now time.Time, before, jitter time.Duration) *tokencache.Record {
+	return &tokencache.Record{
+		CustomerID:         ex.Pair.CustomerID,
+		AccessToken:        tokencache.Secret(ex.Pair.AccessToken.Reveal()),
+		AccessTokenExpiry:  ex.Pair.AccessTokenExpiry,
+		RefreshToken:       tokencache.Secret(ex.Pair.RefreshToken.Reveal()),
+		RefreshTokenExpiry: ex.Pair.RefreshTokenExpiry,
+		ExchangePath:       ex.Path,
+		Replay:             ex.Replay,
+		LastUsed:           now,
+		NextRefresh:        NextRefresh(now, ex.Pair.AccessTokenExpiry, before, jitter),
+	}
 }
 
 // Status returns what the admin API shows of a customer, ErrNotAuthorized
@@ -334,7 +335,7 @@ func (r *Refresher) Status(ctx context.Context, customerID string) (Status, erro
 // refresh in flight, on any replica, cannot write them back.
 func (r *Refresher) Forget(ctx context.Context, customerID string) error {
 	r.cache.remove(customerID)
-	if err := r.cfg.Store.Delete(ctx, customerID); err != nil {
+	if err := tokencache.Delete(ctx, r.cfg.Store, customerID); err != nil {
 		// Not deleted: a refreshed pair waiting for the store is still
 		// the customer's only valid one, so it stays.
 		r.storeFailed("delete")
@@ -424,7 +425,7 @@ func (r *Refresher) touch(rec *tokencache.Record) {
 	}
 	rec.LastUsed = r.now() // this copy: no second touch from it
 	r.goBackground(func(ctx context.Context) {
-		if err := r.cfg.Store.TouchLastUsed(ctx, rec.CustomerID); err != nil {
+		if err := tokencache.Touch(ctx, r.cfg.Store, rec.CustomerID, every); err != nil {
 			r.log.Debug("could not record the app call", "customer", rec.CustomerID, "err", err)
 		}
 	})
