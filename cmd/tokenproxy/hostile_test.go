@@ -349,4 +349,3 @@ func checkForwarded(t *testing.T, h *harness, rec *recorder, p *proxyProc, addr,
 	}
 	return answers
 }
-
