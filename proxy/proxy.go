@@ -187,7 +187,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 	if err != nil {
 		return err
 	}
-	used := []wallet.Secret{tok.Value}
+	used := []wallet.Secret{tok.Value, tok.Refresh}
 	resp, err := h.forward(c, obj, field, tok)
 	if err != nil {
 		return err
@@ -196,7 +196,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 		if tok, err = h.cfg.Tokens.Rejected(c.r.Context(), tok); err != nil {
 			return err
 		}
-		used = append(used, tok.Value)
+		used = append(used, tok.Value, tok.Refresh)
 		if resp, err = h.forward(c, obj, field, tok); err != nil {
 			return err
 		}
