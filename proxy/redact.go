@@ -112,7 +112,7 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 		return body, hit
 	}
 	v, changed := scrubValue(v, forms)
-	if !changed {
+	if !changed && !hiddenHit(body, forms) {
 		return body, hit
 	}
 	var buf bytes.Buffer
@@ -148,7 +148,7 @@ func scrubValue(v any, forms secretForms) (any, bool) {
 				changed = true
 			}
 			if isTokenField(k) {
-				if s, ok := val.(string); ok && (s == "" || strings.HasPrefix(s, handlePrefix)) {
+				if s, ok := val.(string); ok && allowedTokenValue(s) {
 					continue
 				}
 				t[k] = redacted
@@ -163,6 +163,10 @@ func scrubValue(v any, forms secretForms) (any, bool) {
 	}
 	return v, false
 }
+
+// allowedTokenValue: the values a token field of an answer to the app may
+// hold.
+func allowedTokenValue(s string) bool { return s == "" || strings.HasPrefix(s, handlePrefix) }
 
 func isTokenField(k string) bool {
 	return strings.EqualFold(k, "accessToken") || strings.EqualFold(k, "refreshToken")
@@ -182,4 +186,54 @@ func hasTokenField(body []byte) bool {
 		}
 	}
 	return false
+}
+
+// hiddenHit reports whether any string of a JSON body, key or value, holds
+// a form of the tokens, or a token field holds a value allowedTokenValue
+// refuses. It reads
+// every token of the text, where scrubValue sees the decoded value only:
+// decoding keeps the last of duplicated keys, so a token in an earlier
+// duplicate ({"note":"<token, escaped>","note":"x"}) is invisible to it
+// and would reach the app in the original bytes. On a hit the caller
+// re-encodes the decoded value, which drops the earlier duplicates.
+func hiddenHit(body []byte, forms secretForms) bool {
+	type frame struct{ object, wantKey bool }
+	var stack []frame
+	valueDone := func() { // a value ended: its object wants a key next
+		if n := len(stack); n > 0 && stack[n-1].object {
+			stack[n-1].wantKey = true
+		}
+	}
+	tokenValue := false // the previous token was a token field's key
+	dec := json.NewDecoder(bytes.NewReader(body))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false // EOF: the body decoded once already
+		}
+		s, isString := tok.(string)
+		if tokenValue && (!isString || !allowedTokenValue(s)) {
+			return true
+		}
+		tokenValue = false
+		switch {
+		case tok == json.Delim('{') || tok == json.Delim('['):
+			valueDone()
+			stack = append(stack, frame{object: tok == json.Delim('{'), wantKey: true})
+		case tok == json.Delim('}') || tok == json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		case isString:
+			if forms.in([]byte(s)) {
+				return true
+			}
+			if n := len(stack); n > 0 && stack[n-1].object && stack[n-1].wantKey {
+				stack[n-1].wantKey = false
+				tokenValue = isTokenField(s)
+				continue
+			}
+			valueDone()
+		default:
+			valueDone()
+		}
+	}
 }

@@ -35,6 +35,8 @@ func TestScrub(t *testing.T) {
 		{"handle", `{"accessToken":"tph_abc"}`, false},
 		{"token field not a string", `{"accessToken":{"v":"x"}}`, true},
 		{"duplicate keys", `{"a":"x","a":"` + tok + `"}`, true},
+		{"escaped token in an earlier duplicate", `{"a":"` + esc + `","a":"x"}`, true},
+		{"another token in an earlier duplicate token field", `{"b":{"accessToken":"someone-elses","accessToken":""}}`, true},
 	}
 	for _, tt := range tests {
 		hdr := http.Header{}
