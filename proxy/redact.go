@@ -15,10 +15,6 @@ import (
 // redacted replaces a token found in an answer to the app.
 const redacted = "[redacted]"
 
-// handlePrefix marks the opaque handles of TOKENPROXY_APP_TOKENS=handles,
-// the only non-empty values a token field of an answer may hold.
-const handlePrefix = "tph_"
-
 // secretForms are the encodings of one token a wallet answer could carry:
 // raw, JSON-escaped, URL-encoded, base64 (standard and URL, padded or not)
 // and hex. Each is searched for in the raw body, in every JSON string once
@@ -80,7 +76,7 @@ func (fs secretForms) replace(s string) (string, bool) {
 // scrub makes a wallet answer safe to return to the app: no form of the
 // given tokens in the body (raw or JSON-unescaped) or in the headers, and
 // no token field (accessToken, refreshToken, in any letter case, at any
-// depth) holding anything but a handle. It returns the body to send and
+// depth) holding anything but "". It returns the body to send and
 // whether anything was redacted; on a hit the caller drops the signature
 // headers, which no longer match. A body that is not JSON is searched raw.
 func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
@@ -164,9 +160,13 @@ func scrubValue(v any, forms secretForms) (any, bool) {
 	return v, false
 }
 
-// allowedTokenValue: the values a token field of an answer to the app may
-// hold.
-func allowedTokenValue(s string) bool { return s == "" || strings.HasPrefix(s, handlePrefix) }
+// allowedTokenValue: the values a token field of a wallet answer may keep
+// on its way to the app: none but "". The handles of
+// TOKENPROXY_APP_TOKENS=handles are tokenproxy's own, never the wallet's,
+// so they are added after the wallet's answer is scrubbed; a "handle" in
+// the wallet's answer is a hostile wallet's way past this rule
+// ("tph_<another customer's token>").
+func allowedTokenValue(s string) bool { return s == "" }
 
 func isTokenField(k string) bool {
 	return strings.EqualFold(k, "accessToken") || strings.EqualFold(k, "refreshToken")

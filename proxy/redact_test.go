@@ -32,7 +32,7 @@ func TestScrub(t *testing.T) {
 		{"cased token field", `{"data":{"REFRESHTOKEN":"x"}}`, true},
 		{"escaped token field name", `{"\u0061ccessToken":"x"}`, true},
 		{"empty token field", `{"accessToken":""}`, false},
-		{"handle", `{"accessToken":"tph_abc"}`, false},
+		{"a wallet's \"handle\"", `{"accessToken":"tph_someone-elses"}`, true},
 		{"token field not a string", `{"accessToken":{"v":"x"}}`, true},
 		{"duplicate keys", `{"a":"x","a":"` + tok + `"}`, true},
 		{"escaped token in an earlier duplicate", `{"a":"` + esc + `","a":"x"}`, true},
