@@ -310,6 +310,14 @@ func TestHostileWallet(t *testing.T) {
 		}, status: 200, code: "SUCCESS"},
 		{name: "another customer's token in accessToken", answer: signedAPI(`,"accessToken":"` + other.at + `"`), status: 200, code: "SUCCESS", redacted: true},
 		{name: "another customer's tokens in ACCESSTOKEN and Refreshtoken", answer: signedAPI(`,"data":{"ACCESSTOKEN":"` + other.at + `","Refreshtoken":"` + other.rt + `"}`), status: 200, code: "SUCCESS", redacted: true},
+		{name: `duplicated key: the token \u-escaped first, a clean value last`, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			hw.reply(w, r, 200, apiS(`,"note":"`+unicodeEscaped(c.at)+`","note":"clean"`), nil)
+		}, status: 200, code: "SUCCESS", redacted: true},
+		{name: `duplicated key: the token \/-escaped first, a clean value last`, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			hw.reply(w, r, 200, apiS(`,"data":{"note":"`+strings.ReplaceAll(c.at, "/", `\/`)+`","note":"clean"}`), nil)
+		}, status: 200, code: "SUCCESS", redacted: true},
+		{name: "duplicated accessToken: another customer's token first, empty last", answer: signedAPI(`,"accessToken":"` + other.at + `","accessToken":""`), status: 200, code: "SUCCESS", redacted: true},
+		{name: "another customer's token posing as a handle (tph_)", answer: signedAPI(`,"accessToken":"tph_` + other.at + `"`), status: 200, code: "SUCCESS", redacted: true},
 		{name: "the customer's refresh token echoed", answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
 			hw.reply(w, r, 200, apiS(`,"note":"`+c.rt+`"`), nil)
 		}, status: 200, code: "SUCCESS", redacted: true},
