@@ -99,6 +99,12 @@ func TestHostileRequests(t *testing.T) {
 		{"bad escape %zz", api(inq + "%zz"), bad, ""},
 		{"raw NUL in the request line", api(inq + "\x00"), bad, ""},
 		{"request line over MaxHeaderBytes", api("/v1/" + strings.Repeat("a", 70<<10)), http.StatusRequestHeaderFieldsTooLarge, ""},
+		{"token path in upper case, authCode", ex("/V1/authorizations/applyToken"), bad, param},
+		{"token path in lower case, authCode", ex("/v1/authorizations/applytoken"), bad, param},
+		{"token path with a Kelvin sign for K", ex("/v1/authorizations/applyTo%E2%84%AAen"), bad, param},
+		{"query with raw non-ASCII", api(inq + "?x=\xc3\xa9"), bad, param},
+		{"query with a raw #", api(inq + "?x#y"), bad, param},
+		{"query over 4096 bytes", api(inq + "?x=" + strings.Repeat("q", 4100)), bad, param},
 		// The inject path (token in paymentMethod.paymentMethodId) moved.
 		{"inject path%3F", api(pay + "%3F"), bad, param},
 		{"inject path%2F", api(pay + "%2F"), bad, param},
@@ -153,6 +159,7 @@ func TestHostileRequests(t *testing.T) {
 		{"null body", body(`null`), bad, param},
 		{"empty body", body(``), bad, param},
 		{"two objects", body(`{}{}`), bad, param},
+		{"byte order mark", body("\xef\xbb\xbf{}"), bad, param},
 		{"truncated object", body(`{"a":`), bad, param},
 		{"authCode on an API path", body(`{"authCode":"` + victimCode + `"}`), bad, param},
 		{"grantType on an API path", body(`{"grantType":"REFRESH_TOKEN","refreshToken":"x"}`), bad, param},
@@ -178,12 +185,14 @@ func TestHostileRequests(t *testing.T) {
 		{"customer id with #", cust1("hostile#1"), bad, param},
 		{"customer id of 65 characters", cust1(strings.Repeat("c", 65)), bad, param},
 		{"customer id non-ASCII", cust1("hostile-\xc3\xa9"), bad, param},
+		{"customer id with a tab", cust1("hostile\t1"), bad, param},
 		{"empty customer header", hreq{target: inq, body: `{}`, headers: []string{"X-Customer-Id:"}}, bad, param},
 		{"duplicate customer header", hreq{target: inq, body: `{}`, headers: []string{"X-Customer-Id: " + cust, "X-Customer-Id: other"}}, bad, param},
 		{"customer header with a raw CR", cust1("hostile\r1"), bad, ""},
 		{"customer header with DEL", cust1("hostile\x7f1"), bad, ""},
 		{"header block over MaxHeaderBytes", hreq{target: inq, body: `{}`, headers: []string{"X-Request-Id: " + strings.Repeat("r", 70<<10)}}, http.StatusRequestHeaderFieldsTooLarge, ""},
 		{"two different Content-Lengths", hreq{target: inq, body: `{}`, headers: []string{"Content-Length: 7"}}, bad, ""},
+		{"Transfer-Encoding other than chunked", hreq{target: inq, body: `{}`, headers: []string{"Transfer-Encoding: gzip"}}, http.StatusNotImplemented, ""},
 	}
 	if len(rows) < 40 {
 		t.Fatalf("only %d hostile requests", len(rows))
@@ -224,8 +233,8 @@ func TestHostileRequests(t *testing.T) {
 	if after := h.stats().total(); after != beforeSim {
 		t.Errorf("walletsim counted %d calls during the table", after-beforeSim)
 	}
-	t.Logf("%d hostile requests: %d refused by the handler, %d by Go's server, 0 reached the wallet",
-		len(rows), countRows(rows, true), countRows(rows, false))
+	t.Logf("%d hostile requests: %d refused by the handler, %d by Go's server, %d reached the wallet",
+		len(rows), countRows(rows, true), countRows(rows, false), rec.count()-beforeRec)
 
 	t.Run("the victim's code was never presented", func(t *testing.T) {
 		status, b, _ := do(t, "POST", p.url+apply, exchangeBody, nil)
@@ -332,6 +341,11 @@ func checkForwarded(t *testing.T, h *harness, rec *recorder, p *proxyProc, addr,
 	_, c = send(hreq{target: "/v1/users/inquiryUserInfo", body: `{}`, headers: []string{"Traceparent: " + tp, "X-Request-Id: req-1"}})
 	if c.header.Get("Traceparent") != tp || c.header.Get("X-Request-Id") != "req-1" {
 		t.Errorf("valid tracing headers did not pass: %v", c.header)
+	}
+	// A token field name the app JSON-escaped is still a token field.
+	_, c = send(hreq{target: "/v1/users/inquiryUserInfo", noCustomer: true, body: `{"\u0061ccessToken":"app-chosen-token"}`})
+	if strings.Contains(string(c.body), "app-chosen") {
+		t.Errorf("an escaped accessToken from the app was forwarded: %s", c.body)
 	}
 	// Token fields from the app, without a customer: removed.
 	_, c = send(hreq{target: "/v1/users/inquiryUserInfo", noCustomer: true,
