@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +35,7 @@ type hostileWallet struct {
 
 	mu       sync.Mutex
 	pairs    map[string]tokenPair // customer -> latest pair issued
+	prev     map[string]tokenPair // customer -> the pair before it
 	all      []string             // every token issued or echoed
 	scenario func(w http.ResponseWriter, r *http.Request, c tokenPair)
 	calls    []walletCall
@@ -50,7 +52,7 @@ func newHostileWallet(t *testing.T) *hostileWallet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hw := &hostileWallet{t: t, key: key, pairs: map[string]tokenPair{}}
+	hw := &hostileWallet{t: t, key: key, pairs: map[string]tokenPair{}, prev: map[string]tokenPair{}}
 	hw.srv = httptest.NewServer(http.HandlerFunc(hw.serve))
 	t.Cleanup(hw.srv.Close)
 	return hw
@@ -68,6 +70,7 @@ func (hw *hostileWallet) issue(customer string) tokenPair {
 	p := tokenPair{customer: customer, at: tok("at"), rt: tok("rt")}
 	hw.mu.Lock()
 	defer hw.mu.Unlock()
+	hw.prev[customer] = hw.pairs[customer]
 	hw.pairs[customer] = p
 	hw.all = append(hw.all, p.at, p.rt)
 	return p
@@ -77,6 +80,12 @@ func (hw *hostileWallet) pair(customer string) tokenPair {
 	hw.mu.Lock()
 	defer hw.mu.Unlock()
 	return hw.pairs[customer]
+}
+
+func (hw *hostileWallet) previous(customer string) tokenPair {
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
+	return hw.prev[customer]
 }
 
 func (hw *hostileWallet) tokens() []string {
@@ -232,6 +241,8 @@ type walletScenario struct {
 	// stored, for an exchange: whether the pair must be stored (and which
 	// access token then reaches the wallet on the next call).
 	stored bool
+	// calls the wallet receives for the app's request (0: one).
+	calls int
 }
 
 // TestHostileWallet puts a wallet of the test's own, signing with the
@@ -318,6 +329,29 @@ func TestHostileWallet(t *testing.T) {
 		}, status: 200, code: "SUCCESS", redacted: true},
 		{name: "duplicated accessToken: another customer's token first, empty last", answer: signedAPI(`,"accessToken":"` + other.at + `","accessToken":""`), status: 200, code: "SUCCESS", redacted: true},
 		{name: "another customer's token posing as a handle (tph_)", answer: signedAPI(`,"accessToken":"tph_` + other.at + `"`), status: 200, code: "SUCCESS", redacted: true},
+		{name: "access token in the Signature header", answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			body := apiS("")
+			hdr := hw.signed(r, body, nil)
+			hdr.Set(wallet.HeaderSignature, hdr.Get(wallet.HeaderSignature)+",note="+c.at)
+			for k, v := range hdr {
+				w.Header()[k] = v
+			}
+			_, _ = w.Write(body)
+		}, status: 200, code: "SUCCESS", redacted: true},
+		{name: "EXPIRED_ACCESS_TOKEN echoing the token, then the retry echoing the spent pair", calls: 3, answer: func() func(*hostileWallet, http.ResponseWriter, *http.Request, tokenPair) {
+			var apiCalls atomic.Int32
+			return func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+				switch {
+				case r.URL.Path == applyV1: // tokenproxy's refresh: c is the new pair
+					hw.reply(w, r, 200, exchangeS(c, ""), nil)
+				case apiCalls.Add(1) == 1:
+					hw.reply(w, r, 200, []byte(`{"result":{"resultStatus":"F","resultCode":"EXPIRED_ACCESS_TOKEN","resultMessage":"expired: `+c.at+`"}}`), nil)
+				default:
+					old := hw.previous(c.customer)
+					hw.reply(w, r, 200, apiS(`,"old":["`+old.at+`","`+old.rt+`"]`), nil)
+				}
+			}
+		}(), status: 200, code: "SUCCESS", redacted: true},
 		{name: "the customer's refresh token echoed", answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
 			hw.reply(w, r, 200, apiS(`,"note":"`+c.rt+`"`), nil)
 		}, status: 200, code: "SUCCESS", redacted: true},
@@ -382,6 +416,10 @@ func TestHostileWallet(t *testing.T) {
 		}, status: 200, code: "SUCCESS", stored: true},
 		{name: "exchange S with only differently-cased token fields", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
 			body := strings.NewReplacer(`"accessToken"`, `"AccessToken"`, `"refreshToken"`, `"REFRESHTOKEN"`).Replace(string(exchangeS(c, "")))
+			hw.reply(w, r, 200, []byte(body), nil)
+		}, status: 502, code: unavailable},
+		{name: "exchange S with an invalid customerId", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			body := strings.Replace(string(exchangeS(c, "")), `"customerId":"`+c.customer+`"`, `"customerId":"../`+c.customer+`"`, 1)
 			hw.reply(w, r, 200, []byte(body), nil)
 		}, status: 502, code: unavailable},
 		{name: "exchange S with a duplicated customerId", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
@@ -462,8 +500,9 @@ func TestHostileWallet(t *testing.T) {
 				hw.answerWith(nil)
 				checkStored(t, p, hw, customer, sc.stored)
 			}
-			if n := len(hw.callsSince(calls)); sc.exchange && !sc.stored && n != 1 || !sc.exchange && n != 1 {
-				t.Errorf("%d wallet calls, want 1", n)
+			want := max(sc.calls, 1)
+			if n := len(hw.callsSince(calls)); sc.exchange && !sc.stored && n != want || !sc.exchange && n != want {
+				t.Errorf("%d wallet calls, want %d", n, want)
 			}
 		})
 	}
@@ -477,8 +516,11 @@ func TestHostileWallet(t *testing.T) {
 			if strings.Contains(string(c.body), "authCode") {
 				continue
 			}
-			var m struct{ AccessToken string }
+			var m struct{ AccessToken, RefreshToken, GrantType string }
 			_ = json.Unmarshal(c.body, &m)
+			if m.GrantType == grantRT && strings.HasPrefix(m.RefreshToken, "hw.rt+/") && m.AccessToken == "" {
+				continue // the one refresh of the EXPIRED_ACCESS_TOKEN answer
+			}
 			if !strings.HasPrefix(m.AccessToken, "hw.at+/") {
 				t.Errorf("the wallet was called at %s with %q", c.uri, c.body)
 			}
