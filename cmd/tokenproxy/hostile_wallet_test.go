@@ -267,7 +267,7 @@ func TestHostileWallet(t *testing.T) {
 		"TOKENPROXY_MAX_RESPONSE_BYTES=65536",
 		// Generous for race-built binaries on a loaded machine; the slow
 		// answer waits far longer.
-		"TOKENPROXY_UPSTREAM_TIMEOUT=2s",
+		"TOKENPROXY_UPSTREAM_TIMEOUT=5s",
 	})
 	testenv.WaitReady(t, p.ops+"/readyz", 20*time.Second, p.Process)
 

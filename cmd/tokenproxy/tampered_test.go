@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -266,6 +267,11 @@ func TestTamperedRecord(t *testing.T) {
 	}
 	t.Logf("%d tampered-record rows over %d fields", len(rows), countFields(rows))
 	scanEverything(t, h.tap.allTokens(), answers, p)
+	for _, kv := range h.redis.Dump(t) {
+		if leak := leakIn(t, append([]byte(kv.Key), bytes.Join(kv.Values, []byte{0})...), h.tap.allTokens()); leak != "" {
+			t.Errorf("Redis key %s holds %s", kv.Key, leak)
+		}
+	}
 	if p.Exited() {
 		t.Fatal("tokenproxy exited")
 	}
