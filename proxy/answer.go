@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
@@ -70,6 +71,11 @@ func readExchangeAnswer(body []byte) (*exchangeAnswer, error) {
 	}
 	if f[1] == "" || f[2] == "" {
 		return nil, fmt.Errorf("%w: token missing", wallet.ErrMalformed)
+	}
+	// The customer id goes into log lines, Redis key names and admin
+	// paths: one that holds a token would carry it there.
+	if strings.Contains(f[0], f[1]) || strings.Contains(f[0], f[2]) {
+		return nil, fmt.Errorf("%w: customerId holds a token", wallet.ErrMalformed)
 	}
 	pair := &wallet.TokenResponse{CustomerID: f[0], AccessToken: wallet.Secret(f[1]), RefreshToken: wallet.Secret(f[2])}
 	if pair.AccessTokenExpiry, err = wallet.ParseDateTime(f[3]); err != nil {

@@ -75,6 +75,7 @@ func TestReadExchangeAnswer(t *testing.T) {
 		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"soon"}`,
 		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z","refreshTokenExpiryTime":"x"}`,
 		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":5,"refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z"}`,
+		`{"result":{"resultStatus":"S"},"customerId":"id-A7x9","accessToken":"A7x9","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z"}`,
 		`{"result":"S"}`,
 		`{"result":{"resultStatus":"F"},"result":{"resultStatus":"S"}}`,
 		`[]`,
