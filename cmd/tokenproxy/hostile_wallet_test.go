@@ -82,6 +82,13 @@ func (hw *hostileWallet) pair(customer string) tokenPair {
 	return hw.pairs[customer]
 }
 
+// remember adds a token the wallet made up to those the test scans for.
+func (hw *hostileWallet) remember(tok string) {
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
+	hw.all = append(hw.all, tok)
+}
+
 func (hw *hostileWallet) previous(customer string) tokenPair {
 	hw.mu.Lock()
 	defer hw.mu.Unlock()
@@ -421,6 +428,15 @@ func TestHostileWallet(t *testing.T) {
 		{name: "exchange S with an invalid customerId", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
 			body := strings.Replace(string(exchangeS(c, "")), `"customerId":"`+c.customer+`"`, `"customerId":"../`+c.customer+`"`, 1)
 			hw.reply(w, r, 200, []byte(body), nil)
+		}, status: 502, code: unavailable},
+		{name: "exchange S naming the customer by its access token", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			// A token a customer id may hold (no /), the id the wallet gives.
+			b := make([]byte, 20)
+			_, _ = rand.Read(b)
+			at := "hwAT-" + hex.EncodeToString(b)
+			hw.remember(at)
+			named := tokenPair{customer: at, at: at, rt: c.rt}
+			hw.reply(w, r, 200, exchangeS(named, ""), nil)
 		}, status: 502, code: unavailable},
 		{name: "exchange S with a duplicated customerId", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
 			hw.reply(w, r, 200, exchangeS(c, `,"customerId":"hw-victim"`), nil)
