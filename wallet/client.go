@@ -186,7 +186,7 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		Path:       path,
 	}
 	if env.Result != nil {
-		out.Result = *env.Result
+		out.Result = keptResult(*env.Result, body)
 	}
 	for _, h := range []string{"Content-Type", HeaderResponseTime, HeaderSignature} {
 		if v := resp.Header.Get(h); v != "" {
@@ -203,6 +203,25 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		}
 	}
 	return out, nil
+}
+
+// keptResult is an answer's result as the proxy keeps it for its own use
+// (decisions, metric labels, a stored lastError, log lines), never the
+// body returned: a status other than S, F or U is U (an unknown outcome),
+// and a code not shaped like one (A-Z, 0-9, _, at most 64), or one that is
+// not the protocol's and repeats what the request carried, is CodeOther.
+// A wallet or gateway echoing the request's token into its result must not
+// put the token where no answer is scrubbed.
+func keptResult(r Result, request []byte) Result {
+	switch r.ResultStatus {
+	case "", StatusSuccess, StatusFailed, StatusUnknown:
+	default:
+		r.ResultStatus = StatusUnknown
+	}
+	if c := r.ResultCode; c != "" && (!validCode(c) || !protocolCodes[c] && bytes.Contains(request, []byte(c))) {
+		r.ResultCode = CodeOther
+	}
+	return r
 }
 
 func (c *Client) verify(uri string, h http.Header, body []byte) error {
