@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
@@ -36,6 +37,7 @@ type hostileWallet struct {
 	mu       sync.Mutex
 	pairs    map[string]tokenPair // customer -> latest pair issued
 	prev     map[string]tokenPair // customer -> the pair before it
+	byRT     map[string]string    // refresh token -> customer
 	all      []string             // every token issued or echoed
 	scenario func(w http.ResponseWriter, r *http.Request, c tokenPair)
 	calls    []walletCall
@@ -52,7 +54,7 @@ func newHostileWallet(t *testing.T) *hostileWallet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hw := &hostileWallet{t: t, key: key, pairs: map[string]tokenPair{}, prev: map[string]tokenPair{}}
+	hw := &hostileWallet{t: t, key: key, pairs: map[string]tokenPair{}, prev: map[string]tokenPair{}, byRT: map[string]string{}}
 	hw.srv = httptest.NewServer(http.HandlerFunc(hw.serve))
 	t.Cleanup(hw.srv.Close)
 	return hw
@@ -65,6 +67,10 @@ func (hw *hostileWallet) issue(customer string) tokenPair {
 	tok := func(kind string) string {
 		b := make([]byte, 24)
 		_, _ = rand.Read(b)
+		if strings.HasPrefix(customer, "hw-codes") {
+			// Shaped like a resultCode (A-Z, 0-9, _, at most 64).
+			return "HW_" + strings.ToUpper(kind) + "_" + strings.ToUpper(hex.EncodeToString(b))
+		}
 		return "hw." + kind + "+/" + base64.StdEncoding.EncodeToString(b)
 	}
 	p := tokenPair{customer: customer, at: tok("at"), rt: tok("rt")}
@@ -72,6 +78,7 @@ func (hw *hostileWallet) issue(customer string) tokenPair {
 	defer hw.mu.Unlock()
 	hw.prev[customer] = hw.pairs[customer]
 	hw.pairs[customer] = p
+	hw.byRT[p.rt] = customer
 	hw.all = append(hw.all, p.at, p.rt)
 	return p
 }
@@ -141,12 +148,10 @@ func (hw *hostileWallet) serve(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == applyV1 && req.GrantType == grantAC:
 		c = hw.issue(strings.TrimPrefix(req.AuthCode, "hc-"))
 	case r.URL.Path == applyV1 && req.GrantType == grantRT:
+		// Any refresh token it issued is good to this wallet: refusing
+		// is for the scenarios to decide.
 		hw.mu.Lock()
-		for _, p := range hw.pairs {
-			if p.rt == req.RefreshToken {
-				c = p
-			}
-		}
+		c.customer = hw.byRT[req.RefreshToken]
 		hw.mu.Unlock()
 		if c.customer == "" {
 			hw.reply(w, r, 200, wallet.Envelope("F", "INVALID_REFRESH_TOKEN", "unknown"), nil)
@@ -250,6 +255,8 @@ type walletScenario struct {
 	stored bool
 	// calls the wallet receives for the app's request (0: one).
 	calls int
+	// customer of an API call (hw-a when empty).
+	customer string
 }
 
 // TestHostileWallet puts a wallet of the test's own, signing with the
@@ -281,7 +288,7 @@ func TestHostileWallet(t *testing.T) {
 	exchange := func(t *testing.T, customer string) (int, []byte, http.Header) {
 		return do(t, "POST", p.url+applyV1, `{"grantType":"AUTHORIZATION_CODE","authCode":"`+walletAuthCode(customer)+`"}`, nil)
 	}
-	for _, c := range []string{"hw-a", "hw-b"} {
+	for _, c := range []string{"hw-a", "hw-b", "hw-codes"} {
 		if status, body, _ := exchange(t, c); status != 200 || resultCode(body) != "SUCCESS" {
 			t.Fatalf("exchange %s: %d %s", c, status, body)
 		}
@@ -359,6 +366,9 @@ func TestHostileWallet(t *testing.T) {
 				}
 			}
 		}(), status: 200, code: "SUCCESS", redacted: true},
+		{name: "F answer echoing a code-shaped access token as its resultCode", customer: "hw-codes", answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			hw.reply(w, r, 200, []byte(`{"result":{"resultStatus":"F","resultCode":"`+c.at+`","resultMessage":"echo"}}`), nil)
+		}, status: 200, code: "[redacted]", redacted: true},
 		{name: "the customer's refresh token echoed", answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
 			hw.reply(w, r, 200, apiS(`,"note":"`+c.rt+`"`), nil)
 		}, status: 200, code: "SUCCESS", redacted: true},
@@ -477,7 +487,7 @@ func TestHostileWallet(t *testing.T) {
 			hw.answerWith(func(w http.ResponseWriter, r *http.Request, c tokenPair) { sc.answer(hw, w, r, c) })
 			defer hw.answerWith(nil)
 			before, calls := redactions(t), hw.callCount()
-			customer := "hw-a"
+			customer := cmp.Or(sc.customer, "hw-a")
 			var (
 				status int
 				body   []byte
@@ -522,6 +532,45 @@ func TestHostileWallet(t *testing.T) {
 			}
 		})
 	}
+	// A refresh answer's result code and status go where an API answer's
+	// body never does: a metric label, the stored lastError, the admin
+	// API, log lines. A wallet echoing the presented refresh token there
+	// (code-shaped, as hw-codes' tokens are) must not put it in any.
+	for i, result := range []string{
+		`{"resultStatus":"F","resultCode":"$RT","resultMessage":"echo"}`,
+		`{"resultStatus":"$RT","resultCode":"UNKNOWN_EXCEPTION","resultMessage":"echo"}`,
+		`{"resultStatus":"U","resultCode":"hw $RT","resultMessage":"echo"}`,
+	} {
+		t.Run(fmt.Sprintf("refresh answer echoing the refresh token in its result %d", i), func(t *testing.T) {
+			hw.answerWith(func(w http.ResponseWriter, r *http.Request, c tokenPair) {
+				if r.URL.Path != applyV1 {
+					hw.reply(w, r, 200, apiS(""), nil)
+					return
+				}
+				presented := hw.previous(c.customer).rt // c is the pair issued for this refresh
+				hw.reply(w, r, 200, []byte(`{"result":`+strings.ReplaceAll(result, "$RT", presented)+`}`), nil)
+			})
+			defer hw.answerWith(nil)
+			calls := hw.callCount()
+			status, body, hdr := do(t, "POST", p.url+"/tokenproxy/customers/hw-codes/refresh", "", nil)
+			answers = append(answers, append(headerBytes(hdr), body...))
+			if status != 502 || resultCode(body) != unavailable {
+				t.Errorf("forced refresh: %d %s, want 502 %s", status, body, unavailable)
+			}
+			if n := len(hw.callsSince(calls)); n != 1 {
+				t.Errorf("%d wallet calls, want 1", n)
+			}
+			status, body, hdr = do(t, "GET", p.url+"/tokenproxy/customers/hw-codes", "", nil)
+			answers = append(answers, append(headerBytes(hdr), body...))
+			var st adminStatus
+			if status != 200 || json.Unmarshal(body, &st) != nil || st.LastError == nil {
+				t.Fatalf("status after the refresh: %d %s", status, body)
+			}
+			if leak := leakIn(t, body, hw.tokens()); leak != "" {
+				t.Errorf("the admin API shows %s as lastError: %s", leak, body)
+			}
+		})
+	}
 	t.Run("the duplicated customerId stored nothing under the other id either", func(t *testing.T) {
 		if status, body, _ := do(t, "GET", p.url+"/tokenproxy/customers/hw-victim", "", nil); status != 404 {
 			t.Fatalf("%d %s", status, body)
@@ -534,10 +583,10 @@ func TestHostileWallet(t *testing.T) {
 			}
 			var m struct{ AccessToken, RefreshToken, GrantType string }
 			_ = json.Unmarshal(c.body, &m)
-			if m.GrantType == grantRT && strings.HasPrefix(m.RefreshToken, "hw.rt+/") && m.AccessToken == "" {
-				continue // the one refresh of the EXPIRED_ACCESS_TOKEN answer
+			if m.GrantType == grantRT && (strings.HasPrefix(m.RefreshToken, "hw.rt+/") || strings.HasPrefix(m.RefreshToken, "HW_RT_")) && m.AccessToken == "" {
+				continue // a refresh: after EXPIRED_ACCESS_TOKEN, or forced
 			}
-			if !strings.HasPrefix(m.AccessToken, "hw.at+/") {
+			if !strings.HasPrefix(m.AccessToken, "hw.at+/") && !strings.HasPrefix(m.AccessToken, "HW_AT_") {
 				t.Errorf("the wallet was called at %s with %q", c.uri, c.body)
 			}
 		}
