@@ -265,6 +265,32 @@ func TestTamperedRecord(t *testing.T) {
 			}
 		})
 	}
+	// Replayed fields are replayed beside the refresh grant, never
+	// instead of it: a replay field written into Redis cannot turn a
+	// refresh into another grant or present another token.
+	t.Run("replay fields cannot override the refresh grant", func(t *testing.T) {
+		key, _ := prepare(t, "tp-replay")
+		err := rdb.HSet(ctx, key, "replay", `{"grantType":"AUTHORIZATION_CODE","authCode":"stolen","refreshToken":"chosen-refresh","accessToken":"chosen-access","extendInfo":"kept"}`).Err()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := h.tap.requests()
+		status, body, _ := do(t, "POST", p.url+"/tokenproxy/customers/tp-replay/refresh", "", nil)
+		answers = append(answers, body)
+		sent := h.tap.requestsSince(n)
+		if status != 200 || len(sent) != 1 {
+			t.Fatalf("forced refresh: %d %s, %d wallet calls", status, body, len(sent))
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(sent[0]), &m); err != nil {
+			t.Fatal(err)
+		}
+		rt, _ := m["refreshToken"].(string)
+		if m["grantType"] != grantRT || m["authCode"] != nil || m["accessToken"] != nil || m["extendInfo"] != "kept" ||
+			!slices.Contains(h.tap.allTokens(), rt) {
+			t.Errorf("the refresh sent %.300s", sent[0])
+		}
+	})
 	t.Logf("%d tampered-record rows over %d fields", len(rows), countFields(rows))
 	scanEverything(t, h.tap.allTokens(), answers, p)
 	for _, kv := range h.redis.Dump(t) {
