@@ -50,12 +50,19 @@ type Client struct {
 	Metrics *Metrics
 }
 
+// maxResponseHeaderBytes bounds the headers of one wallet answer.
+const maxResponseHeaderBytes = 64 << 10
+
 // NewHTTPClient returns an http.Client for the wallet: no redirects,
 // bounded idle connections, no cookie jar.
 func NewHTTPClient() *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
 	tr.ResponseHeaderTimeout = 0 // the call's context bounds it
+	// Go's default lets each answer hold 10 MB of headers, outside the
+	// memory budget of bodies: every call in flight could hold that much.
+	// The wallet's headers are a few hundred bytes.
+	tr.MaxResponseHeaderBytes = maxResponseHeaderBytes
 	return &http.Client{
 		Transport: tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
