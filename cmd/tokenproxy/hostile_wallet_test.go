@@ -391,6 +391,13 @@ func TestHostileWallet(t *testing.T) {
 				body = body[n:]
 			}
 		}, status: 502, code: unavailable},
+		{name: "answer with 2 MiB of headers", answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			for i := range 32 {
+				w.Header().Set(fmt.Sprintf("X-Pad-%d", i), strings.Repeat("p", 64<<10))
+			}
+			w.Header().Set("X-Token", c.at)
+			hw.reply(w, r, 200, apiS(`,"note":"`+c.at+`"`), nil)
+		}, status: 502, code: unavailable},
 		{name: "slow answer past TOKENPROXY_UPSTREAM_TIMEOUT", answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
 			select {
 			case <-r.Context().Done(): // tokenproxy gave up and hung up
