@@ -23,6 +23,9 @@ type exchangeAnswer struct {
 	// app is the answer for the app: the allow-listed members, the result
 	// rebuilt from its three fields.
 	app object
+	// carried are the token field values of an F or U answer: nothing is
+	// stored, but the rest of the answer must not hand them to the app.
+	carried []wallet.Secret
 }
 
 // readExchangeAnswer parses body strictly (one JSON object, no duplicate
@@ -51,6 +54,12 @@ func readExchangeAnswer(body []byte) (*exchangeAnswer, error) {
 		}
 	}
 	if a.result.ResultStatus != wallet.StatusSuccess {
+		for _, m := range obj {
+			var tok string
+			if isTokenField(m.key) && json.Unmarshal(m.raw, &tok) == nil && tok != "" {
+				a.carried = append(a.carried, wallet.Secret(tok))
+			}
+		}
 		return a, nil
 	}
 	str := func(k string) (string, error) {

@@ -43,7 +43,7 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	resp.Header.Del(wallet.HeaderSignature)
 	resp.Body = answer.app.marshal()
 	if answer.pair == nil { // F or U: the wallet's status, the rebuilt body
-		h.writeWalletResponse(w, resp, nil)
+		h.writeWalletResponse(w, resp, formsOf(answer.carried...))
 		return nil
 	}
 	pair := answer.pair

@@ -95,6 +95,9 @@ func TestReadExchangeAnswer(t *testing.T) {
 	if got := string(a.app.marshal()); got != `{"result":{"resultStatus":"F","resultCode":"USED_CODE","resultMessage":"m"},"customerId":"c1"}` {
 		t.Fatalf("F app answer %s", got)
 	}
+	if len(a.carried) != 2 || a.carried[0].Reveal() != "A" || a.carried[1].Reveal() != "R" {
+		t.Fatalf("F answer: the tokens it carried are not searched for: %d", len(a.carried))
+	}
 }
 
 func TestLimiter(t *testing.T) {
