@@ -466,6 +466,15 @@ func TestHostileWallet(t *testing.T) {
 			body := strings.Replace(string(exchangeS(c, `,"extendInfo":"x"`)), `"resultStatus":"S","resultCode":"SUCCESS"`, `"resultStatus":"F","resultCode":"INVALID_CODE"`, 1)
 			hw.reply(w, r, 200, []byte(body), nil)
 		}, status: 200, code: "INVALID_CODE"},
+		{name: "exchange F carrying token fields, echoed in extendInfo and resultMessage", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			body := strings.Replace(string(exchangeS(c, `,"extendInfo":"{\"t\":\"`+c.at+`\"}"`)), `"resultStatus":"S","resultCode":"SUCCESS","resultMessage":"success."`,
+				`"resultStatus":"F","resultCode":"INVALID_CODE","resultMessage":"`+c.rt+`"`, 1)
+			hw.reply(w, r, 200, []byte(body), nil)
+		}, status: 200, code: "INVALID_CODE", redacted: true},
+		{name: "exchange S echoing the token in resultMessage", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
+			body := strings.Replace(string(exchangeS(c, "")), `"resultMessage":"success."`, `"resultMessage":"issued `+c.at+`"`, 1)
+			hw.reply(w, r, 200, []byte(body), nil)
+		}, status: 200, code: "SUCCESS", redacted: true, stored: true},
 		{name: "exchange U (HTTP 500) carrying token fields", exchange: true, answer: func(hw *hostileWallet, w http.ResponseWriter, r *http.Request, c tokenPair) {
 			body := strings.Replace(string(exchangeS(c, "")), `"resultStatus":"S","resultCode":"SUCCESS"`, `"resultStatus":"U","resultCode":"UNKNOWN_EXCEPTION"`, 1)
 			hw.reply(w, r, 500, []byte(body), nil)
