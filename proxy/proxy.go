@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenproxy/tokenproxy/internal/bodyread"
 	"github.com/tokenproxy/tokenproxy/refresher"
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
@@ -131,6 +132,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs := append([]any{"route", route, "path", c.target.path, "status", pe.status, "code", pe.code, "err", err}, logIDs(c.pass)...)
 		h.log.Log(r.Context(), level, "request refused", attrs...)
 		writeEnvelope(rw, pe)
+		// Read what the app is still sending (without keeping it), so that
+		// it gets this answer rather than a reset connection mid-body.
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
 	}
 	h.cfg.Metrics.requests.WithLabelValues(route, strconv.Itoa(rw.status())).Inc()
 	h.cfg.Metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
@@ -244,38 +248,24 @@ func (h *Handler) customer(r *http.Request) (string, bool, error) {
 }
 
 // readObject reads the body within the size limit and the call's memory
-// budget, and parses it. A body declared larger than the limit is refused
-// before it is read; one the budget cannot hold is 503 at once.
+// budget (requestCopies of every byte buffered, granted before it is
+// allocated), and parses it. A body declared larger than the limit is
+// refused before it is read; one the budget cannot hold is 503 at once.
 func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
-	tooLarge := failF(http.StatusRequestEntityTooLarge, wallet.CodeParamIllegal,
-		fmt.Sprintf("body over %d bytes", h.cfg.MaxBodyBytes))
-	size := c.r.ContentLength
-	if size > h.cfg.MaxBodyBytes {
-		return nil, tooLarge
-	}
-	if size < 0 {
-		size = h.cfg.MaxBodyBytes
-	}
-	if !c.budget.take(size * requestCopies) {
+	body, err := bodyread.Read(http.MaxBytesReader(w, c.r.Body, h.cfg.MaxBodyBytes),
+		c.r.ContentLength, h.cfg.MaxBodyBytes, func(n int64) bool { return c.budget.take(n * requestCopies) })
+	var mbe *http.MaxBytesError
+	switch {
+	case err == nil:
+		return parseObject(body)
+	case errors.Is(err, bodyread.ErrTooLarge), errors.As(err, &mbe):
+		return nil, failF(http.StatusRequestEntityTooLarge, wallet.CodeParamIllegal,
+			fmt.Sprintf("body over %d bytes", h.cfg.MaxBodyBytes))
+	case errors.Is(err, bodyread.ErrOverBudget):
 		return nil, overLimit("request bodies in flight over the memory budget")
-	}
-	var body []byte
-	var err error
-	rd := http.MaxBytesReader(w, c.r.Body, h.cfg.MaxBodyBytes)
-	if c.r.ContentLength >= 0 {
-		body = make([]byte, c.r.ContentLength)
-		_, err = io.ReadFull(rd, body)
-	} else {
-		body, err = io.ReadAll(rd)
-	}
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, tooLarge
-		}
+	default:
 		return nil, badRequest("could not read the body")
 	}
-	return parseObject(body)
 }
 
 // writeWalletResponse returns the wallet's answer: status, body,

@@ -165,7 +165,7 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 	if limit <= 0 {
 		limit = 8 << 20
 	}
-	raw, err := readBody(resp.Body, resp.ContentLength, limit, budgetFrom(ctx))
+	raw, err := readBody(ctx, resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			return nil, err
