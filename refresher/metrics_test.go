@@ -14,8 +14,9 @@ import (
 )
 
 // headroomCounts gathers tokenproxy_refresh_headroom_seconds{trigger} and
-// returns its sample count and cumulative bucket counts by upper bound.
-func headroomCounts(t *testing.T, m *Metrics, trigger string) (uint64, map[float64]uint64) {
+// returns its sample count and cumulative bucket counts by upper bound,
+// and its sum under the key -1.
+func headroomCounts(t *testing.T, m *Metrics, trigger string) (uint64, map[float64]float64) {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(m.headroom)
@@ -28,10 +29,11 @@ func headroomCounts(t *testing.T, m *Metrics, trigger string) (uint64, map[float
 			if len(s.GetLabel()) != 1 || s.GetLabel()[0].GetValue() != trigger {
 				continue
 			}
-			buckets := make(map[float64]uint64)
+			buckets := make(map[float64]float64)
 			for _, b := range s.GetHistogram().GetBucket() {
-				buckets[b.GetUpperBound()] = b.GetCumulativeCount()
+				buckets[b.GetUpperBound()] = float64(b.GetCumulativeCount())
 			}
+			buckets[-1] = s.GetHistogram().GetSampleSum()
 			return s.GetHistogram().GetSampleCount(), buckets
 		}
 	}
@@ -54,7 +56,7 @@ func TestHeadroomObservedOnSuccessfulRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, b := headroomCounts(t, f.metrics, TriggerForced)
-	if n != 1 || b[1800] != 0 || b[3600] != 1 {
+	if n != 1 || b[1800] != 0 || b[3600] != 1 || b[-1] != 3000 {
 		t.Fatalf("forced: count %d, buckets %v; want one observation in (1800, 3600]", n, b)
 	}
 
@@ -65,8 +67,8 @@ func TestHeadroomObservedOnSuccessfulRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, b = headroomCounts(t, f.metrics, TriggerOnDemand)
-	if n != 1 || b[0] != 1 {
-		t.Fatalf("on demand: count %d, buckets %v; want one observation at 0", n, b)
+	if n != 1 || b[0] != 1 || b[-1] != 0 {
+		t.Fatalf("on demand: count %d, buckets %v; want one observation of 0", n, b)
 	}
 
 	// A failed refresh observes nothing.
