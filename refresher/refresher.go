@@ -524,6 +524,8 @@ func (r *Refresher) refreshing(id string) bool {
 
 func (r *Refresher) storeOK() { r.cfg.Metrics.storeUp.Set(1) }
 
+func (r *Refresher) claimed(result string) { r.cfg.Metrics.claims.WithLabelValues(result).Inc() }
+
 func (r *Refresher) storeFailed(op string) {
 	r.cfg.Metrics.storeErrors.WithLabelValues(op).Inc()
 	r.cfg.Metrics.storeUp.Set(0)

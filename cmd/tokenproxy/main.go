@@ -116,6 +116,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg, version)
 
 	store, closeStore, err := openStore(cfg, log)
 	if err != nil {
