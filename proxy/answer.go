@@ -83,3 +83,17 @@ func readExchangeAnswer(body []byte) (*exchangeAnswer, error) {
 	a.pair = pair
 	return a, nil
 }
+
+// withHandles returns the answer with the app's handles where the wallet's
+// answer had the tokens.
+func (o object) withHandles(access, refresh wallet.Secret) object {
+	out := append(object(nil), o...)
+	for _, m := range []struct {
+		key string
+		v   wallet.Secret
+	}{{"accessToken", access}, {"refreshToken", refresh}} {
+		raw, _ := json.Marshal(m.v.Reveal()) // a string always marshals
+		out = append(out, member{key: m.key, raw: raw})
+	}
+	return out
+}

@@ -35,6 +35,9 @@ type Tokens interface {
 	Status(ctx context.Context, customerID string) (refresher.Status, error)
 	Forget(ctx context.Context, customerID string) error
 	Refresh(ctx context.Context, customerID string) (refresher.Status, error)
+	// Handles returns the app's handles of a customer and the expiry
+	// times, without calling the wallet.
+	Handles(ctx context.Context, customerID string) (refresher.Handles, error)
 }
 
 // Wallet signs, sends and verifies one wallet call. *wallet.Client
@@ -62,6 +65,11 @@ type Config struct {
 	// Limiter bounds calls in flight and the bytes of their bodies; nil
 	// limits nothing.
 	Limiter *Limiter
+	// Signer, when set, signs every answer to the app (see AppSigner).
+	Signer *AppSigner
+	// Handles gives the app handles instead of no token fields
+	// (TOKENPROXY_APP_TOKENS=handles): see handles.go.
+	Handles bool
 	Metrics *Metrics
 	Logger  *slog.Logger
 }
@@ -109,6 +117,11 @@ type call struct {
 // paths, every other path a wallet API call.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if h.cfg.Signer != nil {
+		sw := &signingWriter{ResponseWriter: w}
+		defer sw.flush(h.cfg.Signer, r)
+		w = sw
+	}
 	rw := &statusWriter{ResponseWriter: w}
 	route := routeAPI
 	c := &call{r: r, pass: passThrough(r.Header), budget: &callBudget{l: h.cfg.Limiter}}
@@ -176,6 +189,19 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 		}
 	}
 	field := h.field(c.target.path)
+	var handle wallet.Secret
+	if h.cfg.Handles {
+		if hd, ok := handleAt(obj, field); ok {
+			id, ok := handleCustomer(hd.Reveal())
+			switch {
+			case !ok:
+				return unknownHandle()
+			case hasCustomer && id != customerID:
+				return badRequest("the customer header names another customer than the token handle")
+			}
+			customerID, hasCustomer, handle = id, true, hd
+		}
+	}
 	obj = obj.without("accessToken", "refreshToken")
 	if !hasCustomer {
 		obj = obj.without(field[0])
@@ -190,6 +216,9 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 	tok, err := h.cfg.Tokens.Token(c.r.Context(), customerID)
 	if err != nil {
 		return err
+	}
+	if handle != "" && !sameHandle(tok.AccessHandle, handle) {
+		return unknownHandle() // superseded by a new exchange
 	}
 	used := []wallet.Secret{tok.Value}
 	resp, err := h.forward(c, obj, field, tok)
@@ -276,7 +305,7 @@ func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
 // it.
 func (h *Handler) writeWalletResponse(w http.ResponseWriter, resp *wallet.Response, forms secretForms) {
 	hdr := w.Header()
-	for _, k := range []string{"Content-Type", wallet.HeaderResponseTime, wallet.HeaderSignature} {
+	for _, k := range []string{"Content-Type", wallet.HeaderClientID, wallet.HeaderResponseTime, wallet.HeaderSignature} {
 		if v := resp.Header.Get(k); v != "" {
 			hdr.Set(k, v)
 		}

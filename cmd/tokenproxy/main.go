@@ -4,6 +4,7 @@
 //	tokenproxy -h         print every setting with its default
 //	tokenproxy version    print the version
 //	tokenproxy import FILE  import NDJSON token pairs (- for standard input)
+//	tokenproxy app-key    print the public half of TOKENPROXY_APP_SIGNING_KEY
 package main
 
 import (
@@ -48,11 +49,13 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	if len(args) > 0 {
 		switch args[0] {
 		case "-h", "-help", "--help", "help":
-			fmt.Fprintln(stdout, "tokenproxy: token-managing sidecar for wallet OpenAPIs.\n\nUsage:\n  tokenproxy               serve\n  tokenproxy version       print the version\n  tokenproxy import FILE   import NDJSON token pairs (- for standard input)\n\nSettings (environment):")
+			fmt.Fprintln(stdout, "tokenproxy: token-managing sidecar for wallet OpenAPIs.\n\nUsage:\n  tokenproxy               serve\n  tokenproxy version       print the version\n  tokenproxy import FILE   import NDJSON token pairs (- for standard input)\n  tokenproxy app-key [-pem] print the public half of TOKENPROXY_APP_SIGNING_KEY (bare base64, as the wallet's SDKs take it)\n\nSettings (environment):")
 			printSettings(stdout)
 			return 0
 		case "import":
 			return runImport(ctx, args[1:], env, os.Stdin, stdout, stderr)
+		case "app-key":
+			return runAppKey(ctx, args[1:], env, stdout, stderr)
 		case "version", "-version", "--version":
 			fmt.Fprintln(stdout, "tokenproxy", version)
 			return 0
@@ -108,6 +111,10 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	walletKey, err := cfg.walletKey()
+	if err != nil {
+		return err
+	}
+	signer, err := cfg.appSigner()
 	if err != nil {
 		return err
 	}
@@ -168,6 +175,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		PathPrefix:     base.Path,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		Limiter:        proxy.NewLimiter(mem.maxInflight, mem.bodyBudget),
+		Signer:         signer,
+		Handles:        cfg.AppTokens == "handles",
 		Metrics:        proxy.NewMetrics(reg),
 		Logger:         log,
 	})
