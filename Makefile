@@ -20,8 +20,19 @@ all: build
 check-go:
 	@command -v $(GO) >/dev/null || { echo "Go is required: install Go 1.26 or newer from https://go.dev/dl/"; exit 1; }
 
+# check-redis: the tests start redis-server themselves on free ports; as
+# root with apt-get it is installed when missing, otherwise the command is
+# printed.
 check-redis:
-	@command -v redis-server >/dev/null || { echo "redis-server is required for the tests: install it with 'apt-get install -y redis-server' (Debian/Ubuntu) or 'brew install redis'"; exit 1; }
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "redis-server missing: apt-get install -y redis-server"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends redis-server >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y --no-install-recommends redis-server >/dev/null; } || exit 1; \
+	  else \
+	    echo "redis-server is required for the tests: install it with 'sudo apt-get install -y redis-server' (Debian/Ubuntu) or 'brew install redis'"; exit 1; \
+	  fi; }
 
 build: check-go
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/tokenproxy ./cmd/walletsim

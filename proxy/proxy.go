@@ -209,7 +209,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 		if err != nil {
 			return err
 		}
-		h.writeWalletResponse(w, resp, nil)
+		h.writeWalletResponse(w, c, resp, nil)
 		return nil
 	}
 
@@ -234,7 +234,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 			return err
 		}
 	}
-	h.writeWalletResponse(w, resp, formsOf(used...))
+	h.writeWalletResponse(w, c, resp, formsOf(used...))
 	return nil
 }
 
@@ -303,7 +303,7 @@ func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
 // of every token field; when anything was redacted the signature headers,
 // which no longer match, are dropped and tokenproxy_redactions_total counts
 // it.
-func (h *Handler) writeWalletResponse(w http.ResponseWriter, resp *wallet.Response, forms secretForms) {
+func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wallet.Response, forms secretForms) {
 	hdr := w.Header()
 	for _, k := range []string{"Content-Type", wallet.HeaderClientID, wallet.HeaderResponseTime, wallet.HeaderSignature} {
 		if v := resp.Header.Get(k); v != "" {
@@ -315,7 +315,7 @@ func (h *Handler) writeWalletResponse(w http.ResponseWriter, resp *wallet.Respon
 		hdr.Del(wallet.HeaderSignature)
 		hdr.Del(wallet.HeaderResponseTime)
 		h.cfg.Metrics.redactions.Inc()
-		h.log.Warn("a token in the wallet's answer was redacted", "path", resp.Path)
+		h.log.Warn("a token in the wallet's answer was redacted", append([]any{"path", c.target.path}, logIDs(c.pass)...)...)
 	}
 	if hdr.Get("Content-Type") == "" {
 		hdr.Set("Content-Type", "application/json")
