@@ -88,11 +88,11 @@ func build(pkgs []string, race bool) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build: %w", err)
 	}
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	args := []string{"build"}
 	if race {
 		args = append(args, "-race")
 	}
-	args = append(args, pkgs...)
+	args = append(append(args, "-o", dir+string(filepath.Separator)), pkgs...)
 	out, err := exec.Command("go", args...).CombinedOutput()
 	if err != nil {
 		os.RemoveAll(dir)
