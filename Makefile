@@ -44,6 +44,7 @@ test: check-go check-redis
 lint: check-go
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd deploy/validate && $(GO) vet ./...
 
 # bench: 100,000 customers' tokens imported into one Redis, 2 replicas refresh
 # them ahead of expiry with no app traffic; fails unless 100 % are refreshed
@@ -76,7 +77,7 @@ TOOLS_BIN    := $(CURDIR)/.tools/bin
 HELM         := $(TOOLS_BIN)/helm
 CHART        := charts/tokenproxy
 KUBE_VERSION := 1.33.0
-OVERLAY      := deploy/kubernetes/overlays/example
+OVERLAYS     := deploy/kubernetes/overlays/example deploy/kubernetes/overlays/example-servicemonitor
 
 # helm: $(HELM) at exactly $(HELM_VERSION). Reuses a helm already built at that
 # version ($$GOBIN or $$GOPATH/bin, e.g. by a warm-up), else builds it with
@@ -104,7 +105,7 @@ test-deploy: check-go check-redis helm
 	@if $(HELM) template tp $(CHART) --kube-version $(KUBE_VERSION) -f deploy/validate/testdata/typo-values.yaml >/dev/null 2>&1; then \
 	  echo "a typo'd values file was accepted: values.schema.json must reject it"; exit 1; \
 	else echo "typo'd values file refused by the schema: ok"; fi
-	kubectl kustomize $(OVERLAY) >/dev/null
+	@set -e; for o in $(OVERLAYS); do echo "kubectl kustomize $$o"; kubectl kustomize $$o >/dev/null; done
 	cd deploy/validate && HELM=$(HELM) $(GO) test -count=1 ./...
 
 # sync-alerts: copy deploy/prometheus/alerts.yaml (the one source of the
