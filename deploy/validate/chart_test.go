@@ -571,3 +571,37 @@ func TestMonitorsSelectThePods(t *testing.T) {
 		})
 	}
 }
+
+// TestRenderRefusals: settings that cannot work fail the rendering with a
+// message saying what to do, and their working counterpart renders.
+func TestRenderRefusals(t *testing.T) {
+	helm := helmBin(t)
+	for _, c := range []struct {
+		name     string
+		bad, ok  []string
+		mentions string
+	}{
+		{"native sidecar before 1.29", []string{"--kube-version", "1.28.0"}, []string{"--kube-version", "1.28.0", "--set", "sidecar.native=false"}, "sidecar.native=false"},
+		{"two monitors", []string{"--set", "monitoring.serviceMonitor.enabled=true"}, []string{"--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.podMonitor.enabled=false"}, "enable one of"},
+		{"existing Secret without the private key", []string{"--set", "secrets.existingSecret=k", "--set", "secrets.existingSecretKeys.privateKey="}, []string{"--set", "secrets.existingSecret=k"}, "existingSecretKeys.privateKey"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			base := []string{"template", "tp", chartDir}
+			withVersion := func(args []string) []string {
+				if !slices.Contains(args, "--kube-version") {
+					args = append([]string{"--kube-version", kubeVersion}, args...)
+				}
+				return append(slices.Clone(base), args...)
+			}
+			out, errOut, err := runErr(repoRoot, helm, withVersion(c.bad)...)
+			if err == nil {
+				t.Errorf("rendered:\n%s", out)
+			} else if !strings.Contains(string(errOut), c.mentions) {
+				t.Errorf("the error does not mention %q:\n%s", c.mentions, errOut)
+			}
+			if _, errOut, err := runErr(repoRoot, helm, withVersion(c.ok)...); err != nil {
+				t.Errorf("the working counterpart fails: %v\n%s", err, errOut)
+			}
+		})
+	}
+}

@@ -237,9 +237,49 @@ func kubeletSuccess(code int) bool { return code >= 200 && code < 400 }
 // it cleanly within the pod's grace period.
 func TestSidecarStartsAsRendered(t *testing.T) {
 	bin := tokenproxyBinary(t)
-	for _, tc := range []struct{ name, values string }{
-		{"native", ""},
-		{"classic", "classic-sidecar-values.yaml"},
+	const redisPassword = "s3cret-for-this-test"
+	type inputs struct{ priv, walletPub, enc, dir string }
+	helmCase := func(values string) func(t *testing.T, in inputs, redisURL string) pod {
+		return func(t *testing.T, in inputs, redisURL string) pod {
+			args := []string{
+				"--set", "redis.url=" + redisURL,
+				"--set", "redis.auth.existingSecret=redis-auth",
+				"--set-file", "secrets.values.privateKey=" + filepath.Join(in.dir, "priv.pem"),
+				"--set-file", "secrets.values.walletPublicKey=" + filepath.Join(in.dir, "wallet.pem"),
+				"--set-file", "secrets.values.encryptionKeys=" + filepath.Join(in.dir, "enc"),
+			}
+			if values != "" {
+				args = append(args, "-f", filepath.Join(chartDir, "ci", values))
+			}
+			return podOf(t, helmTemplate(t, args...), map[string]map[string]string{"redis-auth": {"password": redisPassword}})
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		render func(t *testing.T, in inputs, redisURL string) pod
+	}{
+		{"chart native", helmCase("")},
+		{"chart classic", helmCase("classic-sidecar-values.yaml")},
+		// The kustomize example: the Secrets are the ones its comments tell
+		// the user to create; the Redis URL of its ConfigMap is pointed at
+		// the test's redis-server.
+		{"kustomize example", func(t *testing.T, in inputs, redisURL string) pod {
+			p := podOf(t, run(t, repoRoot, "kubectl", "kustomize", overlays[0]), map[string]map[string]string{
+				"tokenproxy-keys":  {"private-key.pem": in.priv, "key-version": "1", "wallet-public-key.pem": in.walletPub, "encryption-keys": in.enc},
+				"tokenproxy-redis": {"password": redisPassword},
+			})
+			n := 0
+			for _, data := range p.configMaps {
+				if _, ok := data["TOKENPROXY_REDIS_URL"]; ok {
+					data["TOKENPROXY_REDIS_URL"] = redisURL
+					n++
+				}
+			}
+			if n != 1 {
+				t.Fatalf("want one ConfigMap with TOKENPROXY_REDIS_URL, got %d", n)
+			}
+			return p
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -250,45 +290,7 @@ func TestSidecarStartsAsRendered(t *testing.T) {
 				}
 			}
 			redisPort := freePort(t)
-			const redisPassword = "s3cret-for-this-test"
-			args := []string{
-				"--set", fmt.Sprintf("redis.url=redis://127.0.0.1:%d/0", redisPort),
-				"--set", "redis.auth.existingSecret=redis-auth",
-				"--set-file", "secrets.values.privateKey=" + filepath.Join(dir, "priv.pem"),
-				"--set-file", "secrets.values.walletPublicKey=" + filepath.Join(dir, "wallet.pem"),
-				"--set-file", "secrets.values.encryptionKeys=" + filepath.Join(dir, "enc"),
-			}
-			if tc.values != "" {
-				args = append(args, "-f", filepath.Join(chartDir, "ci", tc.values))
-			}
-			objs, err := DecodeAll(helmTemplate(t, args...))
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := pod{
-				secrets:    map[string]map[string]string{"redis-auth": {"password": redisPassword}},
-				configMaps: map[string]map[string]string{},
-			}
-			for _, o := range objs {
-				switch v := o.Value.(type) {
-				case *corev1.Secret:
-					data := map[string]string{}
-					for k, b := range v.Data {
-						data[k] = string(b)
-					}
-					for k, s := range v.StringData {
-						data[k] = s
-					}
-					p.secrets[v.Name] = data
-				case *corev1.ConfigMap:
-					p.configMaps[v.Name] = v.Data
-				}
-			}
-			var ok bool
-			p.tmpl, p.c, ok = sidecarOf(t, objs)
-			if !ok {
-				t.Fatal("no tokenproxy container rendered")
-			}
+			p := tc.render(t, inputs{priv, walletPub, enc, dir}, fmt.Sprintf("redis://127.0.0.1:%d/0", redisPort))
 			run := mapToLocal(t, p, filepath.Join(dir, "mounts"))
 			for _, want := range []string{"TOKENPROXY_PRIVATE_KEY_FILE=", "TOKENPROXY_WALLET_PUBLIC_KEY_FILE=", "TOKENPROXY_ENCRYPTION_KEYS_FILE=", "TOKENPROXY_REDIS_PASSWORD=", "TOKENPROXY_MEMORY_LIMIT=268435456"} {
 				if !slices.ContainsFunc(run.env, func(e string) bool { return strings.HasPrefix(e, want) }) {
@@ -361,6 +363,39 @@ func TestSidecarStartsAsRendered(t *testing.T) {
 			}
 		})
 	}
+}
+
+// podOf decodes a rendering and gathers what the sidecar refers to: its
+// pod, its container, the rendered Secrets and ConfigMaps, and the Secrets
+// the test supplies as the user would have created them.
+func podOf(t *testing.T, stream []byte, userSecrets map[string]map[string]string) pod {
+	t.Helper()
+	objs, err := DecodeAll(stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pod{secrets: userSecrets, configMaps: map[string]map[string]string{}}
+	for _, o := range objs {
+		switch v := o.Value.(type) {
+		case *corev1.Secret:
+			data := map[string]string{}
+			for k, b := range v.Data {
+				data[k] = string(b)
+			}
+			for k, s := range v.StringData {
+				data[k] = s
+			}
+			p.secrets[v.Name] = data
+		case *corev1.ConfigMap:
+			p.configMaps[v.Name] = v.Data
+		}
+	}
+	var ok bool
+	p.tmpl, p.c, ok = sidecarOf(t, objs)
+	if !ok {
+		t.Fatal("no tokenproxy container rendered")
+	}
+	return p
 }
 
 // waitFor polls cond until it holds, the process exits, or timeout passes.
