@@ -13,7 +13,7 @@ BENCH_FLAGS ?=
 SOAK_FLAGS  ?=
 
 .PHONY: all build demo run test lint bench bench-go soak check-go check-redis clean \
-        test-deploy helm sync-alerts
+        test-deploy helm kustomize sync-alerts
 
 all: build
 
@@ -78,6 +78,10 @@ HELM         := $(TOOLS_BIN)/helm
 CHART        := charts/tokenproxy
 KUBE_VERSION := 1.33.0
 OVERLAYS     := deploy/kubernetes/overlays/example deploy/kubernetes/overlays/example-servicemonitor
+# KUSTOMIZE: `kubectl kustomize` when kubectl is installed, else kustomize
+# itself, built into $(TOOLS_BIN) (the version kubectl 1.32 embeds).
+KUSTOMIZE_VERSION := v5.5.0
+KUSTOMIZE ?= $(if $(shell command -v kubectl 2>/dev/null),kubectl kustomize,$(TOOLS_BIN)/kustomize build)
 
 # helm: $(HELM) at exactly $(HELM_VERSION). Reuses a helm already built at that
 # version ($$GOBIN or $$GOPATH/bin, e.g. by a warm-up), else builds it with
@@ -93,8 +97,13 @@ helm: check-go
 	echo "helm: building $(HELM_VERSION) into $(TOOLS_BIN)"; \
 	rm -f $(HELM); GOBIN=$(TOOLS_BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
-test-deploy: check-go check-redis helm
-	@command -v kubectl >/dev/null || { echo "kubectl is required (kubectl kustomize): see https://kubernetes.io/docs/tasks/tools/"; exit 1; }
+kustomize: check-go
+ifeq ($(KUSTOMIZE),$(TOOLS_BIN)/kustomize build)
+	@[ -x $(TOOLS_BIN)/kustomize ] || { echo "kubectl not found: building kustomize $(KUSTOMIZE_VERSION) into $(TOOLS_BIN)"; \
+	  mkdir -p $(TOOLS_BIN); GOBIN=$(TOOLS_BIN) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
+endif
+
+test-deploy: check-go check-redis helm kustomize
 	$(HELM) lint --strict --kube-version $(KUBE_VERSION) $(CHART)
 	@set -e; for f in $(CHART)/ci/*-values.yaml; do \
 	  echo "helm lint/template -f $$f"; \
@@ -105,8 +114,8 @@ test-deploy: check-go check-redis helm
 	@if $(HELM) template tp $(CHART) --kube-version $(KUBE_VERSION) -f deploy/validate/testdata/typo-values.yaml >/dev/null 2>&1; then \
 	  echo "a typo'd values file was accepted: values.schema.json must reject it"; exit 1; \
 	else echo "typo'd values file refused by the schema: ok"; fi
-	@set -e; for o in $(OVERLAYS); do echo "kubectl kustomize $$o"; kubectl kustomize $$o >/dev/null; done
-	cd deploy/validate && HELM=$(HELM) $(GO) test -count=1 ./...
+	@set -e; for o in $(OVERLAYS); do echo "$(KUSTOMIZE) $$o"; $(KUSTOMIZE) $$o >/dev/null; done
+	cd deploy/validate && HELM=$(HELM) KUSTOMIZE='$(KUSTOMIZE)' $(GO) test -count=1 ./...
 
 # sync-alerts: copy deploy/prometheus/alerts.yaml (the one source of the
 # alerting rules) into the chart and the kustomize PrometheusRule. Run it after

@@ -583,6 +583,7 @@ func TestRenderRefusals(t *testing.T) {
 	}{
 		{"native sidecar before 1.29", []string{"--kube-version", "1.28.0"}, []string{"--kube-version", "1.28.0", "--set", "sidecar.native=false"}, "sidecar.native=false"},
 		{"two monitors", []string{"--set", "monitoring.serviceMonitor.enabled=true"}, []string{"--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.podMonitor.enabled=false"}, "enable one of"},
+		{"network policy without the wallet", []string{"--set", "networkPolicy.enabled=true"}, []string{"--set", "networkPolicy.enabled=true", "--set", "networkPolicy.walletCIDRs={203.0.113.0/24}"}, "walletCIDRs"},
 		{"existing Secret without the private key", []string{"--set", "secrets.existingSecret=k", "--set", "secrets.existingSecretKeys.privateKey="}, []string{"--set", "secrets.existingSecret=k"}, "existingSecretKeys.privateKey"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

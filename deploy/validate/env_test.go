@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -44,6 +45,26 @@ func helmBin(t testing.TB) string {
 	}
 	t.Fatal("helm not found: run `make helm` (or `make test-deploy`), or set HELM")
 	return ""
+}
+
+// kustomize is the command that builds an overlay: $KUSTOMIZE (make
+// test-deploy passes `kubectl kustomize`, or kustomize's own `build` where
+// kubectl is missing), else kubectl kustomize.
+func kustomize(t testing.TB, overlay string) []byte {
+	t.Helper()
+	out, errOut, err := kustomizeErr(overlay)
+	if err != nil {
+		t.Fatalf("kustomize %s: %v\n%s", overlay, err, errOut)
+	}
+	return out
+}
+
+func kustomizeErr(overlay string) (stdout, stderr []byte, err error) {
+	cmd := strings.Fields(os.Getenv("KUSTOMIZE"))
+	if len(cmd) == 0 {
+		cmd = []string{"kubectl", "kustomize"}
+	}
+	return runErr(repoRoot, cmd[0], append(cmd[1:], overlay)...)
 }
 
 // run runs a command and returns its standard output; a failure fails the
@@ -113,7 +134,7 @@ func allRenderings(t testing.TB) []rendering {
 			render(filepath.Base(f), "-f", f)
 		}
 		for _, o := range overlays {
-			out, errOut, err := runErr(repoRoot, "kubectl", "kustomize", o)
+			out, errOut, err := kustomizeErr(o)
 			if err != nil && renderErr == nil {
 				renderErr = fmt.Errorf("kubectl kustomize %s: %v\n%s", o, err, errOut)
 			}

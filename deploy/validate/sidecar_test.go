@@ -264,7 +264,7 @@ func TestSidecarStartsAsRendered(t *testing.T) {
 		// the user to create; the Redis URL of its ConfigMap is pointed at
 		// the test's redis-server.
 		{"kustomize example", func(t *testing.T, in inputs, redisURL string) pod {
-			p := podOf(t, run(t, repoRoot, "kubectl", "kustomize", overlays[0]), map[string]map[string]string{
+			p := podOf(t, kustomize(t, overlays[0]), map[string]map[string]string{
 				"tokenproxy-keys":  {"private-key.pem": in.priv, "key-version": "1", "wallet-public-key.pem": in.walletPub, "encryption-keys": in.enc},
 				"tokenproxy-redis": {"password": redisPassword},
 			})
