@@ -64,16 +64,34 @@ func tokenproxyBinary(t testing.TB) string {
 	return binPath
 }
 
-// freePort returns a loopback port that was free a moment ago (never a
-// fixed one, so a race shows as a failed start, not a stranger's server).
+var (
+	portsMu sync.Mutex
+	ported  = map[int]bool{} // ports handed out in this run
+)
+
+// freePort returns a loopback port that was free a moment ago and was not
+// handed out before in this run (a port chosen for a server that starts
+// later, like the test's redis-server, is not bound yet, so the kernel could
+// offer it again). It is never a fixed port, so a race with another process
+// shows as a failed start, not as a test talking to a stranger's server.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !ported[port] && port != 6379 {
+			ported[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no fresh free port")
+	return 0
 }
 
 type lockedBuffer struct {
