@@ -115,7 +115,7 @@ test-deploy: check-go check-redis helm kustomize
 	  echo "a typo'd values file was accepted: values.schema.json must reject it"; exit 1; \
 	else echo "typo'd values file refused by the schema: ok"; fi
 	@set -e; for o in $(OVERLAYS); do echo "$(KUSTOMIZE) $$o"; $(KUSTOMIZE) $$o >/dev/null; done
-	cd deploy/validate && HELM=$(HELM) KUSTOMIZE='$(KUSTOMIZE)' $(GO) test -count=1 ./...
+	cd deploy/validate && HELM=$(HELM) KUSTOMIZE='$(KUSTOMIZE)' $(GO) test -race -count=1 ./...
 
 # sync-alerts: copy deploy/prometheus/alerts.yaml (the one source of the
 # alerting rules) into the chart and the kustomize PrometheusRule. Run it after

@@ -28,11 +28,34 @@ import (
 // 32-byte encryption key (base64).
 func testKeys(t *testing.T) (privPEM, walletPubPEM, encKeys string) {
 	t.Helper()
-	merchant, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
+	k := newTestKeys(t)
+	return k.merchantPriv, k.walletPub, k.encKeys
+}
+
+// keySet is one set of throwaway keys.
+type keySet struct {
+	merchantPriv, merchantPub, walletPriv, walletPub, encKeys string
+}
+
+// newTestKeys generates the merchant's and the wallet's RSA-2048 key pairs
+// (private PKCS#8 PEM, public PKIX PEM) and one 32-byte encryption key.
+func newTestKeys(t *testing.T) keySet {
+	t.Helper()
+	privPEM := func(k *rsa.PrivateKey) string {
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(merchant)
+	pubPEM := func(k *rsa.PrivateKey) string {
+		der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	}
+	merchant, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,17 +63,15 @@ func testKeys(t *testing.T) (privPEM, walletPubPEM, encKeys string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := x509.MarshalPKIXPublicKey(&wallet.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		t.Fatal(err)
 	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
-		string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})),
-		base64.StdEncoding.EncodeToString(key) + "\n"
+	return keySet{
+		merchantPriv: privPEM(merchant), merchantPub: pubPEM(merchant),
+		walletPriv: privPEM(wallet), walletPub: pubPEM(wallet),
+		encKeys: base64.StdEncoding.EncodeToString(key) + "\n",
+	}
 }
 
 // pod is what the kubelet would have for the sidecar: the rendered objects
@@ -65,9 +86,53 @@ type pod struct {
 // localRun is the sidecar container mapped onto this machine: env with mount
 // paths moved into a temp dir and listen ports onto free loopback ports.
 type localRun struct {
-	env   []string
-	args  []string
-	ports map[int]int // container port -> loopback port
+	env     []string
+	args    []string
+	ports   map[int]int       // container port -> loopback port
+	volumes map[string]string // volume name -> local directory
+}
+
+// writeVolume writes a Secret or ConfigMap volume the way the kubelet's
+// atomic writer does: the files in a timestamped directory, a ..data
+// symlink to it, and each key a symlink through ..data. Called again on the
+// same dir it is a Secret update: a new directory, then ..data swapped in
+// one rename, so a reader sees either all old or all new files.
+func writeVolume(t *testing.T, dir string, data map[string]string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.Readlink(filepath.Join(dir, "..data"))
+	ts, err := os.MkdirTemp(dir, ".."+time.Now().UTC().Format("2006_01_02_15_04_05."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range data {
+		if err := os.WriteFile(filepath.Join(ts, k), []byte(v), 0o400); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tmp := filepath.Join(dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for k := range data {
+		link := filepath.Join(dir, k)
+		if _, err := os.Lstat(link); err == nil {
+			continue
+		}
+		if err := os.Symlink(filepath.Join("..data", k), link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if old != "" {
+		if err := os.RemoveAll(filepath.Join(dir, old)); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 var listenAddr = regexp.MustCompile(`^(|0\.0\.0\.0|127\.0\.0\.1|localhost|\[::\]):([0-9]+)$`)
@@ -78,7 +143,8 @@ var listenAddr = regexp.MustCompile(`^(|0\.0\.0\.0|127\.0\.0\.1|localhost|\[::\]
 // listen addresses to free loopback ports.
 func mapToLocal(t *testing.T, p pod, root string) localRun {
 	t.Helper()
-	mounts := map[string]string{} // mount path -> local dir
+	mounts := map[string]string{}  // mount path -> local dir
+	volumes := map[string]string{} // volume name -> local dir
 	for _, m := range p.c.VolumeMounts {
 		var vol *corev1.Volume
 		for i := range p.tmpl.Spec.Volumes {
@@ -103,17 +169,11 @@ func mapToLocal(t *testing.T, p pod, root string) localRun {
 			t.Fatalf("volume %s: its Secret/ConfigMap is neither rendered nor provided by the test", m.Name)
 		}
 		dir := filepath.Join(root, m.Name)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		for k, v := range data {
-			if err := os.WriteFile(filepath.Join(dir, k), []byte(v), 0o400); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeVolume(t, dir, data)
 		mounts[m.MountPath] = dir
+		volumes[m.Name] = dir
 	}
-	run := localRun{ports: map[int]int{}, args: append(slices.Clone(p.c.Command), p.c.Args...)}
+	run := localRun{ports: map[int]int{}, volumes: volumes, args: append(slices.Clone(p.c.Command), p.c.Args...)}
 	if len(p.c.Command) > 0 {
 		t.Fatalf("the sidecar overrides the image's entrypoint with %v", p.c.Command)
 	}
