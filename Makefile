@@ -13,15 +13,26 @@ BENCH_FLAGS ?=
 SOAK_FLAGS  ?=
 
 .PHONY: all build demo run test lint bench bench-go soak check-go check-redis clean \
-        test-deploy helm kustomize sync-alerts
+        test-monitoring check-promtool test-deploy helm kustomize sync-alerts
 
 all: build
 
 check-go:
 	@command -v $(GO) >/dev/null || { echo "Go is required: install Go 1.26 or newer from https://go.dev/dl/"; exit 1; }
 
+# check-redis: the tests start redis-server themselves on free ports; as
+# root with apt-get it is installed when missing, otherwise the command is
+# printed.
 check-redis:
-	@command -v redis-server >/dev/null || { echo "redis-server is required for the tests: install it with 'apt-get install -y redis-server' (Debian/Ubuntu) or 'brew install redis'"; exit 1; }
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "redis-server missing: apt-get install -y redis-server"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends redis-server >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y --no-install-recommends redis-server >/dev/null; } || exit 1; \
+	  else \
+	    echo "redis-server is required for the tests: install it with 'sudo apt-get install -y redis-server' (Debian/Ubuntu) or 'brew install redis'"; exit 1; \
+	  fi; }
 
 build: check-go
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/tokenproxy ./cmd/walletsim
@@ -39,12 +50,36 @@ run: build
 test: check-go check-redis
 	$(GO) test $(TEST_FLAGS) ./...
 	$(GO) test -race -count=1 -tags plantbugs -run TestPlantedBugsCaught ./refresher/...
+	$(MAKE) test-monitoring
 	$(MAKE) test-deploy
 
 lint: check-go
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd deploy/monitoring && $(GO) vet ./...
 	cd deploy/validate && $(GO) vet ./...
+
+# test-monitoring: the monitoring in the box (deploy/monitoring, a module of
+# its own): promtool check/test rules on deploy/prometheus (every alert tested
+# firing and not firing), the chart's copy of the rules, the runbook anchors,
+# and every PromQL expression of the alerts and the Grafana dashboard checked
+# against a live scrape of the real binary (plus promtool check metrics on it).
+test-monitoring: check-go check-promtool
+	cd deploy/monitoring && $(GO) test -count=1 -timeout 15m ./...
+
+# check-promtool: promtool comes with Debian's "prometheus" package; as root
+# with apt-get it is installed (the package also ships the Prometheus server,
+# which systemd starts where it runs), otherwise the command is printed.
+check-promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "promtool missing: apt-get install -y prometheus"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; } || exit 1; \
+	  else \
+	    echo "promtool is required for the monitoring tests: install it with 'sudo apt-get install -y prometheus' (Debian/Ubuntu)"; exit 1; \
+	  fi; }
 
 # bench: 100,000 customers' tokens imported into one Redis, 2 replicas refresh
 # them ahead of expiry with no app traffic; fails unless 100 % are refreshed

@@ -11,8 +11,9 @@ import (
 
 // serveAdmin serves /tokenproxy/customers/{id} (GET, DELETE) and
 // /tokenproxy/customers/{id}/refresh (POST).
-func (h *Handler) serveAdmin(w http.ResponseWriter, r *http.Request) error {
-	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), adminPrefix+"customers/")
+func (h *Handler) serveAdmin(w http.ResponseWriter, c *call) error {
+	r := c.r
+	rest, ok := strings.CutPrefix(c.target.path, adminPrefix+"customers/")
 	if !ok {
 		return failF(http.StatusNotFound, wallet.CodeInvalidAPI, "no such admin path")
 	}

@@ -46,7 +46,7 @@ func classify(err error) *proxyError {
 		return failF(http.StatusUnauthorized, wallet.CodeCustomerNotAuthorized, "no tokens are stored for this customer")
 	case errors.Is(err, refresher.ErrReauthorizationRequired):
 		return failF(http.StatusUnauthorized, wallet.CodeReauthorizationRequired, "the customer must authorize again")
-	case errors.As(err, &se), errors.Is(err, tokencache.ErrUnavailable):
+	case errors.As(err, &se), errors.Is(err, tokencache.ErrUnavailable), errors.Is(err, tokencache.ErrCorrupt):
 		return failU(http.StatusServiceUnavailable, wallet.CodeTokenStoreUnavailable, "the token store is unavailable")
 	case errors.Is(err, wallet.ErrBadSignature):
 		return failU(http.StatusBadGateway, wallet.CodeInvalidWalletSignature, "the wallet response failed signature verification")

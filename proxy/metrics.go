@@ -15,8 +15,9 @@ const (
 
 // Metrics are the app-facing request families.
 type Metrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	redactions prometheus.Counter
 }
 
 // NewMetrics registers the request families on reg, every route and the
@@ -32,11 +33,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to answer an app request, by route.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"route"}),
+		redactions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenproxy_redactions_total",
+			Help: "Wallet answers in which a token was found and redacted before they reached the app.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.duration)
+	reg.MustRegister(m.requests, m.duration, m.redactions)
 	for _, r := range []string{routeExchange, routeAPI, routeAdmin} {
 		m.duration.WithLabelValues(r)
-		for _, c := range []int{200, 204, 400, 401, 404, 405, 413, 502, 503, 504} {
+		for _, c := range []int{200, 204, 400, 401, 404, 405, 413, 500, 502, 503, 504} {
 			m.requests.WithLabelValues(r, strconv.Itoa(c))
 		}
 	}

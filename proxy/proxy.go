@@ -5,7 +5,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,9 +12,11 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/tokenproxy/tokenproxy/internal/bodyread"
 	"github.com/tokenproxy/tokenproxy/refresher"
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
@@ -34,6 +35,9 @@ type Tokens interface {
 	Status(ctx context.Context, customerID string) (refresher.Status, error)
 	Forget(ctx context.Context, customerID string) error
 	Refresh(ctx context.Context, customerID string) (refresher.Status, error)
+	// Handles returns the app's handles of a customer and the expiry
+	// times, without calling the wallet.
+	Handles(ctx context.Context, customerID string) (refresher.Handles, error)
 }
 
 // Wallet signs, sends and verifies one wallet call. *wallet.Client
@@ -53,10 +57,21 @@ type Config struct {
 	Inject map[string][]string
 	// TokenPaths are handled as authorization-code exchanges.
 	TokenPaths []string
+	// PathPrefix is the wallet base URL's path prefix ("" or "/ams/api"):
+	// an app may send paths with or without it.
+	PathPrefix string
 	// MaxBodyBytes refuses larger request bodies with 413.
 	MaxBodyBytes int64
-	Metrics      *Metrics
-	Logger       *slog.Logger
+	// Limiter bounds calls in flight and the bytes of their bodies; nil
+	// limits nothing.
+	Limiter *Limiter
+	// Signer, when set, signs every answer to the app (see AppSigner).
+	Signer *AppSigner
+	// Handles gives the app handles instead of no token fields
+	// (TOKENPROXY_APP_TOKENS=handles): see handles.go.
+	Handles bool
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Handler serves the app-facing API. Safe for concurrent use.
@@ -64,6 +79,7 @@ type Handler struct {
 	cfg        Config
 	log        *slog.Logger
 	tokenPaths map[string]bool
+	prefix     string
 }
 
 // New returns a Handler.
@@ -77,7 +93,8 @@ func New(cfg Config) *Handler {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger, tokenPaths: make(map[string]bool)}
+	h := &Handler{cfg: cfg, log: cfg.Logger, tokenPaths: make(map[string]bool),
+		prefix: strings.TrimRight(cfg.PathPrefix, "/")}
 	for _, p := range cfg.TokenPaths {
 		h.tokenPaths[p] = true
 	}
@@ -86,35 +103,38 @@ func New(cfg Config) *Handler {
 
 const adminPrefix = "/tokenproxy/"
 
-// ServeHTTP routes a request: the admin API under /tokenproxy/, token
-// exchanges on the token paths, every other path a wallet API call.
+// call is one app request as the handler sees it once its target is read.
+type call struct {
+	r      *http.Request
+	target target
+	// pass holds the tracing headers that pass on to the wallet.
+	pass   http.Header
+	budget *callBudget
+}
+
+// ServeHTTP admits a request within the limits, reads its target once, and
+// routes it: the admin API under /tokenproxy/, token exchanges on the token
+// paths, every other path a wallet API call.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if h.cfg.Signer != nil {
+		sw := &signingWriter{ResponseWriter: w}
+		defer sw.flush(h.cfg.Signer, r)
+		w = sw
+	}
 	rw := &statusWriter{ResponseWriter: w}
 	route := routeAPI
+	c := &call{r: r, pass: passThrough(r.Header), budget: &callBudget{l: h.cfg.Limiter}}
 	var err error
 	switch {
 	case r.Method == http.MethodConnect:
 		err = failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "CONNECT is not allowed")
-	case !strings.HasPrefix(r.RequestURI, "/"):
-		err = badRequest("absolute-URI requests are not allowed")
-	case strings.HasPrefix(r.URL.Path, adminPrefix):
-		route = routeAdmin
-		err = h.serveAdmin(rw, r)
+	case !h.cfg.Limiter.admit():
+		err = overLimit("too many calls in flight")
 	default:
-		if err = checkPath(r); err != nil {
-			break
-		}
-		if r.Method != http.MethodPost {
-			err = failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "wallet APIs take POST only")
-			break
-		}
-		if h.tokenPaths[r.URL.Path] {
-			route = routeExchange
-			err = h.serveExchange(rw, r)
-		} else {
-			err = h.serveAPI(rw, r)
-		}
+		defer h.cfg.Limiter.done()
+		defer c.budget.release()
+		route, err = h.route(rw, c)
 	}
 	if err != nil {
 		pe := classify(err)
@@ -122,75 +142,115 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if pe.status >= 500 {
 			level = slog.LevelWarn
 		}
-		h.log.Log(r.Context(), level, "request refused", "route", route, "path", r.URL.Path,
-			"status", pe.status, "code", pe.code, "err", err)
+		attrs := append([]any{"route", route, "path", c.target.path, "status", pe.status, "code", pe.code, "err", err}, logIDs(c.pass)...)
+		h.log.Log(r.Context(), level, "request refused", attrs...)
 		writeEnvelope(rw, pe)
+		// Read what the app is still sending (without keeping it), so that
+		// it gets this answer rather than a reset connection mid-body.
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
 	}
-	h.cfg.Metrics.requests.WithLabelValues(route, fmt.Sprint(rw.status())).Inc()
+	h.cfg.Metrics.requests.WithLabelValues(route, strconv.Itoa(rw.status())).Inc()
 	h.cfg.Metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 }
 
-// checkPath refuses paths that could address anything but the wallet API
-// they name.
-func checkPath(r *http.Request) error {
-	raw := r.URL.EscapedPath()
-	if !strings.HasPrefix(raw, "/") || strings.Contains(r.URL.Path, "..") ||
-		strings.Contains(strings.ToLower(raw), "%2f") || strings.Contains(r.URL.Path, "\\") {
-		return badRequest("path not allowed")
+func (h *Handler) route(w http.ResponseWriter, c *call) (string, error) {
+	t, err := parseTarget(c.r, h.prefix)
+	if err != nil {
+		return routeAPI, err
 	}
-	return nil
+	c.target = t
+	if t.admin {
+		return routeAdmin, h.serveAdmin(w, c)
+	}
+	if c.r.Method != http.MethodPost {
+		return routeAPI, failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "wallet APIs take POST only")
+	}
+	if h.tokenPaths[t.path] {
+		return routeExchange, h.serveExchange(w, c)
+	}
+	return routeAPI, h.serveAPI(w, c)
 }
 
 // serveAPI is the hot path: lookup -> inject -> sign and forward -> verify
 // -> answer, with one transparent refresh-and-retry when the wallet
 // rejects the access token.
-func (h *Handler) serveAPI(w http.ResponseWriter, r *http.Request) error {
-	customerID, hasCustomer, err := h.customer(r)
+func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
+	customerID, hasCustomer, err := h.customer(c.r)
 	if err != nil {
 		return err
 	}
-	obj, err := h.readObject(w, r)
+	obj, err := h.readObject(w, c)
 	if err != nil {
 		return err
 	}
-	field := h.field(r.URL.Path)
+	for _, k := range []string{"authCode", "grantType"} {
+		if _, ok := obj.get(k); ok {
+			return badRequest(k + " is only taken on a token path")
+		}
+	}
+	field := h.field(c.target.path)
+	var handle wallet.Secret
+	if h.cfg.Handles {
+		if hd, ok := handleAt(obj, field); ok {
+			id, ok := handleCustomer(hd.Reveal())
+			switch {
+			case !ok:
+				return unknownHandle()
+			case hasCustomer && id != customerID:
+				return badRequest("the customer header names another customer than the token handle")
+			}
+			customerID, hasCustomer, handle = id, true, hd
+		}
+	}
 	obj = obj.without("accessToken", "refreshToken")
 	if !hasCustomer {
 		obj = obj.without(field[0])
-		resp, err := h.cfg.Wallet.Call(r.Context(), r.URL.Path, r.URL.RawQuery, obj.marshal(), r.Header)
+		resp, err := h.call(c, obj.marshal())
 		if err != nil {
 			return err
 		}
-		writeWalletResponse(w, resp, "")
+		h.writeWalletResponse(w, c, resp, nil)
 		return nil
 	}
 
-	tok, err := h.cfg.Tokens.Token(r.Context(), customerID)
+	tok, err := h.cfg.Tokens.Token(c.r.Context(), customerID)
 	if err != nil {
 		return err
 	}
-	resp, err := h.forward(r, obj, field, tok)
+	if handle != "" && !sameHandle(tok.AccessHandle, handle) {
+		return unknownHandle() // superseded by a new exchange
+	}
+	used := []wallet.Secret{tok.Value}
+	resp, err := h.forward(c, obj, field, tok)
 	if err != nil {
 		return err
 	}
 	if wallet.IsAccessTokenRejection(resp.Result.ResultCode) && resp.Result.ResultStatus == wallet.StatusFailed {
-		if tok, err = h.cfg.Tokens.Rejected(r.Context(), tok); err != nil {
+		if tok, err = h.cfg.Tokens.Rejected(c.r.Context(), tok); err != nil {
 			return err
 		}
-		if resp, err = h.forward(r, obj, field, tok); err != nil {
+		used = append(used, tok.Value)
+		if resp, err = h.forward(c, obj, field, tok); err != nil {
 			return err
 		}
 	}
-	writeWalletResponse(w, resp, tok.Value)
+	h.writeWalletResponse(w, c, resp, formsOf(used...))
 	return nil
 }
 
-func (h *Handler) forward(r *http.Request, obj object, field []string, tok refresher.Token) (*wallet.Response, error) {
+// call signs and sends body to the wallet for the call's path and query,
+// reading the answer within the call's budget.
+func (h *Handler) call(c *call, body []byte) (*wallet.Response, error) {
+	ctx := wallet.WithBudget(c.r.Context(), c.budget)
+	return h.cfg.Wallet.Call(ctx, c.target.path, c.target.query, body, c.pass)
+}
+
+func (h *Handler) forward(c *call, obj object, field []string, tok refresher.Token) (*wallet.Response, error) {
 	withToken, err := obj.with(field, tok.Value.Reveal())
 	if err != nil {
 		return nil, err
 	}
-	return h.cfg.Wallet.Call(r.Context(), r.URL.Path, r.URL.RawQuery, withToken.marshal(), r.Header)
+	return h.call(c, withToken.marshal())
 }
 
 func (h *Handler) field(path string) []string {
@@ -216,36 +276,46 @@ func (h *Handler) customer(r *http.Request) (string, bool, error) {
 	return vals[0], true, nil
 }
 
-// readObject reads the body within the size limit and parses it.
-func (h *Handler) readObject(w http.ResponseWriter, r *http.Request) (object, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, failF(http.StatusRequestEntityTooLarge, wallet.CodeParamIllegal,
-				fmt.Sprintf("body over %d bytes", h.cfg.MaxBodyBytes))
-		}
+// readObject reads the body within the size limit and the call's memory
+// budget (requestCopies of every byte buffered, granted before it is
+// allocated), and parses it. A body declared larger than the limit is
+// refused before it is read; one the budget cannot hold is 503 at once.
+func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
+	body, err := bodyread.Read(http.MaxBytesReader(w, c.r.Body, h.cfg.MaxBodyBytes),
+		c.r.ContentLength, h.cfg.MaxBodyBytes, func(n int64) bool { return c.budget.take(n * requestCopies) })
+	var mbe *http.MaxBytesError
+	switch {
+	case err == nil:
+		return parseObject(body)
+	case errors.Is(err, bodyread.ErrTooLarge), errors.As(err, &mbe):
+		return nil, failF(http.StatusRequestEntityTooLarge, wallet.CodeParamIllegal,
+			fmt.Sprintf("body over %d bytes", h.cfg.MaxBodyBytes))
+	case errors.Is(err, bodyread.ErrOverBudget):
+		return nil, overLimit("request bodies in flight over the memory budget")
+	default:
 		return nil, badRequest("could not read the body")
 	}
-	return parseObject(body)
 }
 
-// writeWalletResponse returns the wallet's answer as it came: status, body,
-// Content-Type, Response-Time and Signature. Should the wallet ever echo the
-// injected token, it is cut out (and the signature, no longer valid, dropped):
-// a token never reaches the app.
-func writeWalletResponse(w http.ResponseWriter, resp *wallet.Response, tok wallet.Secret) {
-	body := resp.Body
+// writeWalletResponse returns the wallet's answer: status, body,
+// Content-Type, Response-Time and Signature. No token reaches the app: the
+// answer is scrubbed of every form of the tokens the call used (forms) and
+// of every token field; when anything was redacted the signature headers,
+// which no longer match, are dropped and tokenproxy_redactions_total counts
+// it.
+func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wallet.Response, forms secretForms) {
 	hdr := w.Header()
-	for _, k := range []string{"Content-Type", wallet.HeaderResponseTime, wallet.HeaderSignature} {
+	for _, k := range []string{"Content-Type", wallet.HeaderClientID, wallet.HeaderResponseTime, wallet.HeaderSignature} {
 		if v := resp.Header.Get(k); v != "" {
 			hdr.Set(k, v)
 		}
 	}
-	if raw := tok.Reveal(); raw != "" && bytes.Contains(body, []byte(raw)) {
-		body = bytes.ReplaceAll(body, []byte(raw), []byte("[redacted]"))
+	body, hit := scrub(resp.Body, hdr, forms)
+	if hit {
 		hdr.Del(wallet.HeaderSignature)
 		hdr.Del(wallet.HeaderResponseTime)
+		h.cfg.Metrics.redactions.Inc()
+		h.log.Warn("a token in the wallet's answer was redacted", append([]any{"path", c.target.path}, logIDs(c.pass)...)...)
 	}
 	if hdr.Get("Content-Type") == "" {
 		hdr.Set("Content-Type", "application/json")

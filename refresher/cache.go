@@ -11,7 +11,10 @@ import (
 // at most max of them. It is a fallback, not a source of truth: every lookup
 // reads the store, and the cache serves only while the store cannot be
 // reached (a still-valid access token keeps app calls working through a
-// short Redis outage).
+// short Redis outage). It holds copies: put stores a copy of the record it
+// is given and get returns a copy, so no caller ever shares a record with
+// the cache or with another caller (a record's Replay map is never
+// modified after it is read, so the copies may share it).
 type recordCache struct {
 	mu    sync.Mutex
 	max   int
@@ -31,7 +34,8 @@ func (c *recordCache) get(id string) (*tokencache.Record, bool) {
 		return nil, false
 	}
 	c.order.MoveToFront(e)
-	return e.Value.(*tokencache.Record), true
+	cp := *e.Value.(*tokencache.Record)
+	return &cp, true
 }
 
 // put stores rec unless the cache holds a newer generation of it.
@@ -39,6 +43,8 @@ func (c *recordCache) put(rec *tokencache.Record) {
 	if c.max <= 0 {
 		return
 	}
+	cp := *rec
+	rec = &cp
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.byID[rec.CustomerID]; ok {

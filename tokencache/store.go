@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 )
 
@@ -47,6 +48,12 @@ type Record struct {
 	// token is good until the wallet refuses it. When it is set, the store
 	// forgets the record 30 days after it (RecordRetention), never sooner.
 	RefreshTokenExpiry time.Time
+	// AccessHandle and RefreshHandle are the opaque handles the app holds
+	// instead of the tokens (TOKENPROXY_APP_TOKENS=handles), "" otherwise.
+	// A new exchange replaces them; refreshes keep them. Sealed like the
+	// tokens.
+	AccessHandle  Secret
+	RefreshHandle Secret
 	// ExchangePath is the path of the exchange that issued the tokens (for
 	// example /v1/authorizations/applyToken); refreshes replay it.
 	ExchangePath string
@@ -103,6 +110,10 @@ var (
 	// ErrConflict: CompareAndSwap found another generation than expected;
 	// someone else wrote the record meanwhile. Read it again.
 	ErrConflict = errors.New("tokencache: record changed meanwhile")
+	// ErrCorrupt: a stored record is incomplete or holds a malformed field
+	// (damaged, or written by hand). It is never used to call the wallet;
+	// the error names the field, never its value.
+	ErrCorrupt = errors.New("tokencache: record incomplete or malformed")
 	// ErrUnavailable: the store could not be reached or did not answer in
 	// time. The errors it wraps (network, context) stay reachable with
 	// errors.Is / errors.As.
@@ -150,6 +161,67 @@ func checkRecord(rec *Record) error {
 		}
 	}
 	return nil
+}
+
+// corrupt is an ErrCorrupt naming the field.
+func corrupt(field, problem string) error {
+	return fmt.Errorf("%w: field %s %s", ErrCorrupt, field, problem)
+}
+
+// checkComplete rejects a record read back that no caller may use: one
+// without the fields every record is written with, or with a state or last
+// error no release writes. A record is written whole by one step, so an
+// incomplete one was damaged in the store.
+func checkComplete(rec *Record) error {
+	switch {
+	case rec.State != StateActive && rec.State != StateReauthorizationRequired:
+		return corrupt("state", "unknown")
+	case !validCode(rec.LastError):
+		return corrupt("err", "malformed")
+	case rec.AccessToken.Reveal() == "":
+		return corrupt("at", "missing")
+	case rec.RefreshToken.Reveal() == "":
+		return corrupt("rt", "missing")
+	case rec.AccessTokenExpiry.IsZero():
+		return corrupt("ate", "missing")
+	case !validExchangePath(rec.ExchangePath):
+		return corrupt("path", "missing or malformed")
+	}
+	return nil
+}
+
+// validCode: empty, or a wallet resultCode (A-Z, 0-9, _; at most 64).
+func validCode(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// validExchangePath: an absolute path of letters, digits and - . _ ~ / :
+// without empty or dot segments, as the proxy's canonical paths are.
+func validExchangePath(p string) bool {
+	if len(p) < 2 || len(p) > 256 || p[0] != '/' {
+		return false
+	}
+	for _, seg := range strings.Split(p[1:], "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return false
+		}
+		for i := 0; i < len(seg); i++ {
+			c := seg[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~:", c) >= 0) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // normalize returns a deep copy of rec as a store keeps it: times at

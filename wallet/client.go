@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -69,7 +68,7 @@ func NewHTTPClient() *http.Client {
 type Response struct {
 	StatusCode int
 	// Header holds the headers worth returning to the app:
-	// Content-Type, Response-Time, Signature.
+	// Content-Type, Client-Id, Response-Time, Signature.
 	Header http.Header
 	Body   []byte
 	// Result is the body's result object (zero when it has none).
@@ -98,13 +97,13 @@ func (c *Client) Call(ctx context.Context, path, rawQuery string, body []byte, h
 	resp, err := c.call(ctx, path, rawQuery, body, header)
 	switch {
 	case err == nil:
-		c.Metrics.observe(path, true, resp.Result.ResultStatus, resp.Result.ResultCode, time.Since(start))
+		c.Metrics.observe(path, true, resp.StatusCode, resp.Result.ResultStatus, resp.Result.ResultCode, time.Since(start))
 	case errors.Is(err, ErrTimeout):
-		c.Metrics.observe(path, false, StatusUnknown, CodeWalletTimeout, time.Since(start))
+		c.Metrics.observe(path, false, 0, StatusUnknown, CodeWalletTimeout, time.Since(start))
 	case errors.Is(err, ErrBadSignature):
-		c.Metrics.observe(path, true, StatusUnknown, CodeInvalidWalletSignature, time.Since(start))
+		c.Metrics.observe(path, false, 0, StatusUnknown, CodeInvalidWalletSignature, time.Since(start))
 	case errors.Is(err, ErrUnavailable):
-		c.Metrics.observe(path, false, StatusUnknown, CodeWalletUnavailable, time.Since(start))
+		c.Metrics.observe(path, false, 0, StatusUnknown, CodeWalletUnavailable, time.Since(start))
 	}
 	return resp, err
 }
@@ -166,12 +165,12 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 	if limit <= 0 {
 		limit = 8 << 20
 	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	raw, err := readBody(ctx, resp.Body, resp.ContentLength, limit)
 	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			return nil, err
+		}
 		return nil, transportError(ctx, err)
-	}
-	if int64(len(raw)) > limit {
-		return nil, fmt.Errorf("%w: response over %d bytes", ErrUnavailable, limit)
 	}
 	var env struct {
 		Result *Result `json:"result"`
@@ -189,7 +188,7 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 	if env.Result != nil {
 		out.Result = *env.Result
 	}
-	for _, h := range []string{"Content-Type", HeaderResponseTime, HeaderSignature} {
+	for _, h := range []string{"Content-Type", HeaderClientID, HeaderResponseTime, HeaderSignature} {
 		if v := resp.Header.Get(h); v != "" {
 			out.Header.Set(h, v)
 		}

@@ -47,12 +47,14 @@ func NewMetrics(reg prometheus.Registerer, knownPaths ...string) *Metrics {
 }
 
 // observe counts one call. answered tells whether the wallet answered with
-// a JSON result; only such paths get a label of their own.
-func (m *Metrics) observe(path string, answered bool, status, code string, d time.Duration) {
+// a JSON result; only such paths get a label of their own, and only when
+// the wallet knew the API (not INVALID_API, not HTTP 404): an app-chosen
+// path (a customer id inside it, say) never becomes a label.
+func (m *Metrics) observe(path string, answered bool, httpStatus int, status, code string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	path, code = m.labels(path, answered, code)
+	path, code = m.labels(path, answered && httpStatus != 404 && code != CodeInvalidAPI, code)
 	switch status {
 	case StatusSuccess, StatusFailed, StatusUnknown:
 	default:

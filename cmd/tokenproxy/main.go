@@ -4,6 +4,7 @@
 //	tokenproxy -h         print every setting with its default
 //	tokenproxy version    print the version
 //	tokenproxy import FILE  import NDJSON token pairs (- for standard input)
+//	tokenproxy app-key    print the public half of TOKENPROXY_APP_SIGNING_KEY
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -47,11 +49,13 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	if len(args) > 0 {
 		switch args[0] {
 		case "-h", "-help", "--help", "help":
-			fmt.Fprintln(stdout, "tokenproxy: token-managing sidecar for wallet OpenAPIs.\n\nUsage:\n  tokenproxy               serve\n  tokenproxy version       print the version\n  tokenproxy import FILE   import NDJSON token pairs (- for standard input)\n\nSettings (environment):")
+			fmt.Fprintln(stdout, "tokenproxy: token-managing sidecar for wallet OpenAPIs.\n\nUsage:\n  tokenproxy               serve\n  tokenproxy version       print the version\n  tokenproxy import FILE   import NDJSON token pairs (- for standard input)\n  tokenproxy app-key [-pem] print the public half of TOKENPROXY_APP_SIGNING_KEY (bare base64, as the wallet's SDKs take it)\n\nSettings (environment):")
 			printSettings(stdout)
 			return 0
 		case "import":
 			return runImport(ctx, args[1:], env, os.Stdin, stdout, stderr)
+		case "app-key":
+			return runAppKey(ctx, args[1:], env, stdout, stderr)
 		case "version", "-version", "--version":
 			fmt.Fprintln(stdout, "tokenproxy", version)
 			return 0
@@ -110,11 +114,16 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	signer, err := cfg.appSigner()
+	if err != nil {
+		return err
+	}
 	inject, _ := proxy.ParseInject(cfg.Inject) // validated
 	base, _ := url.Parse(cfg.WalletURL)        // validated
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg, version)
 
 	store, closeStore, err := openStore(cfg, log)
 	if err != nil {
@@ -150,38 +159,61 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	})
 	defer ref.Close()
 
+	mem := planMemory(int64(cfg.MemoryLimit), cfg.MaxInflight, cgroupMemoryLimit)
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(float64(mem.limit) * gcShare))
+	}
+	log.Info("memory plan", "limit_bytes", mem.limit, "from_cgroup", mem.fromCgroup,
+		"body_budget_bytes", mem.bodyBudget, "max_inflight", mem.maxInflight)
+
 	handler := proxy.New(proxy.Config{
 		Tokens:         ref,
 		Wallet:         client,
 		CustomerHeader: cfg.CustomerHeader,
 		Inject:         inject,
 		TokenPaths:     cfg.TokenPaths,
+		PathPrefix:     base.Path,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
+		Limiter:        proxy.NewLimiter(mem.maxInflight, mem.bodyBudget),
+		Signer:         signer,
+		Handles:        cfg.AppTokens == "handles",
 		Metrics:        proxy.NewMetrics(reg),
 		Logger:         log,
 	})
 
 	var ready readiness
-	appLn, err := net.Listen("tcp", cfg.ListenAddr)
+	appLn, cleanupApp, err := listenApp(cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("listen on TOKENPROXY_LISTEN_ADDR: %w", err)
 	}
+	defer cleanupApp()
+	// Connections beyond what the calls in flight need wait in the
+	// kernel's accept queue instead of costing memory here.
+	appLn = limitListener(appLn, 2*mem.maxInflight+16)
 	opsLn, err := net.Listen("tcp", cfg.OpsAddr)
 	if err != nil {
 		appLn.Close()
 		return fmt.Errorf("listen on TOKENPROXY_OPS_ADDR: %w", err)
 	}
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	app := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// A call may wait for a refresh, call the wallet and retry once.
+		WriteTimeout:   3*cfg.UpstreamTimeout + cfg.RefreshLease + 10*time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       errLog,
 	}
 	ops := &http.Server{
 		Handler:           opsHandler(reg, &ready),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          errLog,
 	}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- app.Serve(appLn) }()

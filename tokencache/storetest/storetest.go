@@ -107,6 +107,7 @@ func minimalRecord(customerID string) *tokencache.Record {
 		AccessToken:       token("access"),
 		AccessTokenExpiry: time.Now().Add(time.Hour),
 		RefreshToken:      token("refresh"),
+		ExchangePath:      "/v1/authorizations/applyToken",
 	}
 }
 

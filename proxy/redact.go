@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/tokenproxy/tokenproxy/wallet"
+)
+
+// redacted replaces a token found in an answer to the app.
+const redacted = "[redacted]"
+
+// handlePrefix marks the opaque handles of TOKENPROXY_APP_TOKENS=handles,
+// the only non-empty values a token field of an answer may hold.
+const handlePrefix = "tph_"
+
+// secretForms are the encodings of one token a wallet answer could carry:
+// raw, JSON-escaped, URL-encoded, base64 (standard and URL, padded or not)
+// and hex. Each is searched for in the raw body, in every JSON string once
+// unescaped, and in every header returned.
+type secretForms [][]byte
+
+func formsOf(tokens ...wallet.Secret) secretForms {
+	var out secretForms
+	add := func(s string) {
+		if s == "" {
+			return
+		}
+		for _, f := range out {
+			if string(f) == s {
+				return
+			}
+		}
+		out = append(out, []byte(s))
+	}
+	for _, t := range tokens {
+		raw := t.Reveal()
+		if raw == "" {
+			continue
+		}
+		add(raw)
+		esc, _ := json.Marshal(raw) // a string always marshals
+		add(string(esc[1 : len(esc)-1]))
+		add(url.QueryEscape(raw))
+		add(url.PathEscape(raw))
+		add(base64.StdEncoding.EncodeToString([]byte(raw)))
+		add(base64.RawStdEncoding.EncodeToString([]byte(raw)))
+		add(base64.URLEncoding.EncodeToString([]byte(raw)))
+		add(base64.RawURLEncoding.EncodeToString([]byte(raw)))
+		add(hex.EncodeToString([]byte(raw)))
+	}
+	return out
+}
+
+func (fs secretForms) in(b []byte) bool {
+	for _, f := range fs {
+		if bytes.Contains(b, f) {
+			return true
+		}
+	}
+	return false
+}
+
+func (fs secretForms) replace(s string) (string, bool) {
+	hit := false
+	for _, f := range fs {
+		if strings.Contains(s, string(f)) {
+			s = strings.ReplaceAll(s, string(f), redacted)
+			hit = true
+		}
+	}
+	return s, hit
+}
+
+// scrub makes a wallet answer safe to return to the app: no form of the
+// given tokens in the body (raw or JSON-unescaped) or in the headers, and
+// no token field (accessToken, refreshToken, in any letter case, at any
+// depth) holding anything but a handle. It returns the body to send and
+// whether anything was redacted; on a hit the caller drops the signature
+// headers, which no longer match. A body that is not JSON is searched raw.
+func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
+	hit := false
+	for k, vs := range hdr {
+		for _, v := range vs {
+			if forms.in([]byte(v)) {
+				delete(hdr, k)
+				hit = true
+				break
+			}
+		}
+	}
+	// The fast path: no escapes, no form of a token, no token field name.
+	// Then no JSON string can hold a token either.
+	if bytes.IndexByte(body, '\\') < 0 && !forms.in(body) && !hasTokenField(body) {
+		return body, hit
+	}
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil || dec.More() {
+		if forms.in(body) {
+			for _, f := range forms {
+				body = bytes.ReplaceAll(body, f, []byte(redacted))
+			}
+			return body, true
+		}
+		return body, hit
+	}
+	v, changed := scrubValue(v, forms)
+	if !changed {
+		return body, hit
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil { // cannot happen for decoded JSON
+		return []byte(`{"result":{"resultStatus":"U","resultCode":"UNKNOWN_EXCEPTION","resultMessage":"answer withheld"}}`), true
+	}
+	return bytes.TrimRight(buf.Bytes(), "\n"), true
+}
+
+// scrubValue redacts tokens in a decoded JSON value, in place.
+func scrubValue(v any, forms secretForms) (any, bool) {
+	switch t := v.(type) {
+	case string:
+		s, hit := forms.replace(t)
+		return s, hit
+	case []any:
+		changed := false
+		for i := range t {
+			var c bool
+			t[i], c = scrubValue(t[i], forms)
+			changed = changed || c
+		}
+		return t, changed
+	case map[string]any:
+		changed := false
+		for k, val := range t {
+			if nk, hit := forms.replace(k); hit {
+				delete(t, k)
+				k = nk
+				t[k] = val
+				changed = true
+			}
+			if isTokenField(k) {
+				if s, ok := val.(string); ok && (s == "" || strings.HasPrefix(s, handlePrefix)) {
+					continue
+				}
+				t[k] = redacted
+				changed = true
+				continue
+			}
+			var c bool
+			t[k], c = scrubValue(val, forms)
+			changed = changed || c
+		}
+		return t, changed
+	}
+	return v, false
+}
+
+func isTokenField(k string) bool {
+	return strings.EqualFold(k, "accessToken") || strings.EqualFold(k, "refreshToken")
+}
+
+// hasTokenField reports whether body may name a token field: "accesstoken"
+// or "refreshtoken" in any letter case (escaped names take the slow path
+// through the backslash test).
+func hasTokenField(body []byte) bool {
+	for i := 0; i+len("accesstoken") <= len(body); i++ {
+		c := body[i] | 0x20
+		if c == 'a' && i+11 <= len(body) && bytes.EqualFold(body[i:i+11], []byte("accesstoken")) {
+			return true
+		}
+		if c == 'r' && i+12 <= len(body) && bytes.EqualFold(body[i:i+12], []byte("refreshtoken")) {
+			return true
+		}
+	}
+	return false
+}

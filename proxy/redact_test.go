@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/tokenproxy/tokenproxy/wallet"
+)
+
+func TestScrub(t *testing.T) {
+	const tok = "AT<x>/y+z&q"
+	forms := formsOf(wallet.Secret(tok), wallet.Secret("RT-9"))
+	esc := `AT\u003cx\u003e\/y+z\u0026q`
+	tests := []struct {
+		name, body string
+		hit        bool
+	}{
+		{"clean", `{"result":{"resultStatus":"S"},"a":"b"}`, false},
+		{"raw", `{"a":"` + tok + `"}`, true},
+		{"json escaped", `{"a":"` + esc + `"}`, true},
+		{"fully escaped", `{"a":"\u0041\u0054<x>/y+z&q"}`, true},
+		{"inside a longer string", `{"a":"token=` + tok + `;"}`, true},
+		{"as a key", `{"` + tok + `":1}`, true},
+		{"nested", `{"a":[{"b":{"c":"` + tok + `"}}]}`, true},
+		{"base64", `{"a":"` + base64.StdEncoding.EncodeToString([]byte(tok)) + `"}`, true},
+		{"hex", `{"a":"` + hex.EncodeToString([]byte(tok)) + `"}`, true},
+		{"refresh token", `{"a":"RT-9"}`, true},
+		{"other token field", `{"accessToken":"someone-elses"}`, true},
+		{"cased token field", `{"data":{"REFRESHTOKEN":"x"}}`, true},
+		{"escaped token field name", `{"\u0061ccessToken":"x"}`, true},
+		{"empty token field", `{"accessToken":""}`, false},
+		{"handle", `{"accessToken":"tph_abc"}`, false},
+		{"token field not a string", `{"accessToken":{"v":"x"}}`, true},
+		{"duplicate keys", `{"a":"x","a":"` + tok + `"}`, true},
+	}
+	for _, tt := range tests {
+		hdr := http.Header{}
+		out, hit := scrub([]byte(tt.body), hdr, forms)
+		if hit != tt.hit {
+			t.Errorf("%s: hit %v, want %v (%s)", tt.name, hit, tt.hit, out)
+		}
+		for _, f := range forms {
+			if strings.Contains(string(out), string(f)) {
+				t.Errorf("%s: form %q left in %s", tt.name, f, out)
+			}
+		}
+		if strings.Contains(string(out), "someone-elses") {
+			t.Errorf("%s: another token left in %s", tt.name, out)
+		}
+	}
+	hdr := http.Header{"Content-Type": {"application/json; x=" + tok}, "Response-Time": {"t"}}
+	if _, hit := scrub([]byte(`{}`), hdr, forms); !hit || hdr.Get("Content-Type") != "" || hdr.Get("Response-Time") != "t" {
+		t.Errorf("header echo: hit %v, headers %v", hit, hdr)
+	}
+}
+
+func TestReadExchangeAnswer(t *testing.T) {
+	ok := `{"result":{"resultStatus":"S","resultCode":"SUCCESS"},"customerId":"c1","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00+08:00","extendInfo":"{}","secret":"x"}`
+	a, err := readExchangeAnswer([]byte(ok))
+	if err != nil || a.pair == nil || a.pair.CustomerID != "c1" || a.pair.AccessToken.Reveal() != "A" {
+		t.Fatalf("ok answer: %+v %v", a, err)
+	}
+	if got := string(a.app.marshal()); strings.Contains(got, `"A"`) || strings.Contains(got, "secret") || !strings.Contains(got, "extendInfo") {
+		t.Fatalf("app answer %s", got)
+	}
+	malformed := []string{
+		`{"result":{"resultStatus":"S"},"customerId":"c1","customerId":"c2","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z"}`,
+		`{"result":{"resultStatus":"S"},"customerId":"c1","AccessToken":"A","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z"}`,
+		`{"result":{"resultStatus":"S"},"customerId":"c/1","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z"}`,
+		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"soon"}`,
+		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z","refreshTokenExpiryTime":"x"}`,
+		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":5,"refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z"}`,
+		`{"result":"S"}`,
+		`{"result":{"resultStatus":"F"},"result":{"resultStatus":"S"}}`,
+		`[]`,
+	}
+	for _, m := range malformed {
+		if a, err := readExchangeAnswer([]byte(m)); err == nil {
+			t.Errorf("%s: accepted (%+v)", m, a.pair)
+		} else if pe := classify(err); pe.status != 502 || pe.code != "WALLET_UNAVAILABLE" {
+			t.Errorf("%s: %d %s", m, pe.status, pe.code)
+		}
+	}
+	f := `{"result":{"resultStatus":"F","resultCode":"USED_CODE","resultMessage":"m","x":"y"},"accessToken":"A","refreshToken":"R","customerId":"c1"}`
+	a, err = readExchangeAnswer([]byte(f))
+	if err != nil || a.pair != nil {
+		t.Fatalf("F answer: %v %+v", err, a)
+	}
+	if got := string(a.app.marshal()); got != `{"result":{"resultStatus":"F","resultCode":"USED_CODE","resultMessage":"m"},"customerId":"c1"}` {
+		t.Fatalf("F app answer %s", got)
+	}
+}
+
+func TestLimiter(t *testing.T) {
+	l := NewLimiter(2, 100)
+	if !l.admit() || !l.admit() || l.admit() {
+		t.Fatal("admitted a third call of two")
+	}
+	l.done()
+	if !l.admit() {
+		t.Fatal("slot not given back")
+	}
+	b := &callBudget{l: l}
+	if !b.take(60) || b.take(60) {
+		t.Fatal("budget of 100 gave 120")
+	}
+	if !b.Grow(10) { // 30 bytes as three copies
+		t.Fatal("Grow within budget refused")
+	}
+	if b.Grow(4) {
+		t.Fatal("Grow over budget granted")
+	}
+	b.release()
+	if !l.grow(100) {
+		t.Fatal("release did not give everything back")
+	}
+}
