@@ -11,8 +11,7 @@ import (
 
 // TestLimitListenerHeaderTimeoutFromFirstByte: a connection dialed ahead of
 // need and idle for longer than ReadHeaderTimeout still serves its first
-// request; one that starts a request and stalls is cut at ReadHeaderTimeout;
-// connections beyond the cap wait to be accepted.
+// request; one that starts a request and stalls is cut at ReadHeaderTimeout.
 func TestLimitListenerHeaderTimeoutFromFirstByte(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
