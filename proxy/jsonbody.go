@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -121,7 +122,12 @@ func checkStructure(body []byte) error {
 	}
 }
 
+// truncate shortens a key quoted in an error (and so in a log line); a key
+// that is a token handle is never quoted.
 func truncate(s string, n int) string {
+	if strings.HasPrefix(s, handlePrefix) {
+		return handlePrefix + "..."
+	}
 	if len(s) <= n {
 		return s
 	}

@@ -123,19 +123,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w = sw
 	}
 	rw := &statusWriter{ResponseWriter: w}
-	route := routeAPI
 	c := &call{r: r, pass: passThrough(r.Header), budget: &callBudget{l: h.cfg.Limiter}}
-	var err error
-	switch {
-	case r.Method == http.MethodConnect:
-		err = failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "CONNECT is not allowed")
-	case !h.cfg.Limiter.admit():
-		err = overLimit("too many calls in flight")
-	default:
-		defer h.cfg.Limiter.done()
-		defer c.budget.release()
-		route, err = h.route(rw, c)
-	}
+	route, err := h.admit(rw, c)
 	if err != nil {
 		pe := classify(err)
 		level := slog.LevelInfo
@@ -145,12 +134,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs := append([]any{"route", route, "path", c.target.path, "status", pe.status, "code", pe.code, "err", err}, logIDs(c.pass)...)
 		h.log.Log(r.Context(), level, "request refused", attrs...)
 		writeEnvelope(rw, pe)
-		// Read what the app is still sending (without keeping it), so that
-		// it gets this answer rather than a reset connection mid-body.
+		// Read what the app is still sending (without keeping it, and
+		// without holding a call slot), so that it gets this answer rather
+		// than a reset connection mid-body.
 		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
 	}
 	h.cfg.Metrics.requests.WithLabelValues(route, strconv.Itoa(rw.status())).Inc()
 	h.cfg.Metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+}
+
+// admit serves the call within a call slot and its memory budget, both
+// given back when it returns.
+func (h *Handler) admit(w http.ResponseWriter, c *call) (string, error) {
+	switch {
+	case c.r.Method == http.MethodConnect:
+		return routeAPI, failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "CONNECT is not allowed")
+	case !h.cfg.Limiter.admit():
+		return routeAPI, overLimit("too many calls in flight")
+	}
+	defer h.cfg.Limiter.done()
+	defer c.budget.release()
+	return h.route(w, c)
 }
 
 func (h *Handler) route(w http.ResponseWriter, c *call) (string, error) {

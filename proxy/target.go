@@ -52,6 +52,10 @@ func parseTarget(r *http.Request, prefix string) (target, error) {
 		if rest, ok := strings.CutPrefix(path, prefix); ok && strings.HasPrefix(rest, "/") {
 			path = rest
 		}
+		if strings.HasPrefix(path, adminPrefix) {
+			// The admin API has one address; a prefixed one is no wallet API.
+			return target{}, badRequest("path not allowed")
+		}
 	}
 	return target{path: path, query: rawQuery}, nil
 }
