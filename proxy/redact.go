@@ -130,6 +130,11 @@ func scrubValue(v any, forms secretForms) (any, bool) {
 	case string:
 		s, hit := forms.replace(t)
 		return s, hit
+	case json.Number: // a token of digits echoed as a number
+		if forms.in([]byte(t)) {
+			return redacted, true
+		}
+		return t, false
 	case []any:
 		changed := false
 		for i := range t {
