@@ -175,8 +175,13 @@ func isTokenField(k string) bool {
 
 // hasTokenField reports whether body may name a token field: "accesstoken"
 // or "refreshtoken" in any letter case (escaped names take the slow path
-// through the backslash test).
+// through the backslash test). isTokenField folds case as strings.EqualFold
+// does, where ſ (U+017F) is an s and K (U+212A) a k, as Go's encoding/json
+// matches field names too: a body holding either may name one.
 func hasTokenField(body []byte) bool {
+	if bytes.Contains(body, []byte("\u017f")) || bytes.Contains(body, []byte("\u212a")) {
+		return true
+	}
 	for i := 0; i+len("accesstoken") <= len(body); i++ {
 		c := body[i] | 0x20
 		if c == 'a' && i+11 <= len(body) && bytes.EqualFold(body[i:i+11], []byte("accesstoken")) {
