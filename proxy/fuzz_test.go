@@ -346,7 +346,7 @@ func FuzzExchangeAnswer(f *testing.F) {
 		// What the app receives: the rebuilt answer, scrubbed as
 		// serveExchange does.
 		hdr := http.Header{}
-		sent, _ := scrub(app, hdr, exchangeForms(a))
+		sent, _ := scrub(app, hdr, a.forms())
 		sentTree, _, err := readTree(sent)
 		if err != nil {
 			t.Fatalf("answer sent %q is not JSON: %v", sent, err)
@@ -381,15 +381,6 @@ func FuzzExchangeAnswer(f *testing.F) {
 			}
 		}
 	})
-}
-
-// exchangeForms are the forms serveExchange redacts from the answer it
-// sends: the tokens of the pair it stores.
-func exchangeForms(a *exchangeAnswer) secretForms {
-	if a.pair == nil {
-		return nil
-	}
-	return formsOf(a.pair.AccessToken, a.pair.RefreshToken)
 }
 
 // FuzzScrub: a token the wallet echoes, in any of the encodings formsOf
