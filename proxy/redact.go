@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -102,7 +103,9 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 	var v any
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	if err := dec.Decode(&v); err != nil || dec.More() {
+	// More is false before a stray } or ]: only EOF after the value says
+	// the body is one JSON value.
+	if err := dec.Decode(&v); err != nil || !atEOF(dec) {
 		if forms.in(body) {
 			for _, f := range forms {
 				body = bytes.ReplaceAll(body, f, []byte(redacted))
@@ -122,6 +125,11 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 		return []byte(`{"result":{"resultStatus":"U","resultCode":"UNKNOWN_EXCEPTION","resultMessage":"answer withheld"}}`), true
 	}
 	return bytes.TrimRight(buf.Bytes(), "\n"), true
+}
+
+func atEOF(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return err == io.EOF
 }
 
 // scrubValue redacts tokens in a decoded JSON value, in place.
