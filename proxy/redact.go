@@ -115,7 +115,10 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 		return body, hit
 	}
 	v, changed := scrubValue(v, forms)
-	if !changed {
+	// Decoding keeps the last of a duplicated key: a token in a member it
+	// dropped is in no decoded value but still in the body, and is only
+	// gone once the body is re-encoded from what was decoded.
+	if !changed && !forms.in(body) && !duplicateKey(body) {
 		return body, hit
 	}
 	var buf bytes.Buffer
@@ -130,6 +133,51 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 func atEOF(dec *json.Decoder) bool {
 	_, err := dec.Token()
 	return err == io.EOF
+}
+
+// duplicateKey reports whether an object of the JSON text body holds a key
+// twice.
+func duplicateKey(body []byte) bool {
+	type frame struct {
+		object  bool
+		wantKey bool
+		keys    map[string]bool
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if d, ok := tok.(json.Delim); ok {
+			if d == '}' || d == ']' {
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			if top != nil && top.object {
+				top.wantKey = true // this value completes a member
+			}
+			stack = append(stack, &frame{object: d == '{', wantKey: true, keys: map[string]bool{}})
+			continue
+		}
+		switch {
+		case top == nil || !top.object:
+		case top.wantKey:
+			k := tok.(string)
+			if top.keys[k] {
+				return true
+			}
+			top.keys[k] = true
+			top.wantKey = false
+		default:
+			top.wantKey = true
+		}
+	}
 }
 
 // scrubValue redacts tokens in a decoded JSON value, in place.
