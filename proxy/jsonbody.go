@@ -73,6 +73,9 @@ func checkStructure(body []byte) error {
 			if first {
 				return fmt.Errorf("%w: empty", errBody)
 			}
+			if len(stack) > 0 { // Token reports a plain EOF inside an unclosed object
+				return fmt.Errorf("%w: not JSON (truncated)", errBody)
+			}
 			return nil
 		}
 		if err != nil {
