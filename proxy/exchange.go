@@ -34,7 +34,7 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	if err := checkExchange(obj); err != nil {
 		return err
 	}
-	obj = obj.without("accessToken", "refreshToken")
+	obj = obj.withoutTokenFields()
 	resp, err := h.call(c, obj.marshal())
 	if err != nil {
 		return err

@@ -176,6 +176,19 @@ func (o object) without(keys ...string) object {
 	return out
 }
 
+// withoutTokenFields returns o without any top-level token field, in any
+// letter case: a wallet may read field names without regard to case, so
+// "AccessToken" from the app must not reach it beside the injected one.
+func (o object) withoutTokenFields() object {
+	out := o[:0:0]
+	for _, m := range o {
+		if !isTokenField(m.key) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // with returns o with path (a dotted field, split) set to the JSON string
 // value, creating missing objects on the way. A non-object in the way is an
 // error.
