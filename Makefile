@@ -11,9 +11,11 @@ TEST_FLAGS  ?= -race -count=1 -timeout 40m
 #   make bench BENCH_FLAGS='-customers 2000 -window 1m -lead 20s -jitter 5s'
 BENCH_FLAGS ?=
 SOAK_FLAGS  ?=
+# FUZZTIME: how long `make fuzz` runs each fuzz target.
+FUZZTIME    ?= 5s
 
 .PHONY: all build demo run test lint bench bench-go soak check-go check-redis clean \
-        test-monitoring check-promtool test-deploy helm kustomize sync-alerts
+        test-monitoring check-promtool test-deploy helm kustomize sync-alerts fuzz
 
 all: build
 
@@ -52,7 +54,21 @@ test: check-go check-redis
 	$(GO) test -race -count=1 -tags plantbugs -run TestPlantedBugsCaught ./refresher/...
 	$(MAKE) test-monitoring
 	$(MAKE) test-deploy
+	$(MAKE) fuzz
 	$(MAKE) check-release
+
+# fuzz: each fuzz target for FUZZTIME, one at a time (go test takes one
+# -fuzz target per run); their seed corpora under testdata/fuzz/ also run
+# in every go test. A failure writes its input to the package's
+# testdata/fuzz/<Target>/: commit it with the fix. What the fuzzer learns
+# meanwhile stays in the build cache (`go env GOCACHE`/fuzz), not here.
+fuzz: check-go
+	$(GO) test -run '^$$' -fuzz '^FuzzCanonicalPath$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzBodyRewrite$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzExchangeAnswer$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzScrub$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzSignatureHeader$$' -fuzztime $(FUZZTIME) ./wallet
+	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./wallet
 
 lint: check-go
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

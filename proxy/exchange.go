@@ -34,7 +34,7 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	if err := checkExchange(obj); err != nil {
 		return err
 	}
-	obj = obj.without("accessToken", "refreshToken")
+	obj = obj.withoutTokenFields()
 	resp, err := h.call(c, obj.marshal())
 	if err != nil {
 		return err
@@ -50,7 +50,7 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	resp.Header.Del(wallet.HeaderSignature)
 	resp.Body = answer.app.marshal()
 	if answer.pair == nil { // F or U: the wallet's status, the rebuilt body
-		h.writeWalletResponse(w, c, resp, nil)
+		h.writeWalletResponse(w, c, resp, answer.forms())
 		return nil
 	}
 	pair := answer.pair
@@ -67,7 +67,7 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 		return err
 	}
 	h.log.Info("authorization code exchanged", append([]any{"customer", pair.CustomerID, "access_token_expiry", pair.AccessTokenExpiry}, logIDs(c.pass)...)...)
-	h.writeWalletResponse(w, c, resp, formsOf(pair.AccessToken, pair.RefreshToken))
+	h.writeWalletResponse(w, c, resp, answer.forms()) // the pair's tokens and any other
 	return nil
 }
 

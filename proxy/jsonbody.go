@@ -73,6 +73,9 @@ func checkStructure(body []byte) error {
 			if first {
 				return fmt.Errorf("%w: empty", errBody)
 			}
+			if len(stack) > 0 { // Token reports a plain EOF inside an unclosed object
+				return fmt.Errorf("%w: not JSON (truncated)", errBody)
+			}
 			return nil
 		}
 		if err != nil {
@@ -167,6 +170,19 @@ func (o object) without(keys ...string) object {
 			}
 		}
 		if !drop {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// withoutTokenFields returns o without any top-level token field, in any
+// letter case: a wallet may read field names without regard to case, so
+// "AccessToken" from the app must not reach it beside the injected one.
+func (o object) withoutTokenFields() object {
+	out := o[:0:0]
+	for _, m := range o {
+		if !isTokenField(m.key) {
 			out = append(out, m)
 		}
 	}

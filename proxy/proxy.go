@@ -206,7 +206,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 			customerID, hasCustomer, handle = id, true, hd
 		}
 	}
-	obj = obj.without("accessToken", "refreshToken")
+	obj = obj.withoutTokenFields()
 	if !hasCustomer {
 		obj = obj.without(field[0])
 		resp, err := h.call(c, obj.marshal())
