@@ -32,6 +32,7 @@ func TestScrub(t *testing.T) {
 		{"cased token field", `{"data":{"REFRESHTOKEN":"x"}}`, true},
 		{"escaped token field name", `{"\u0061ccessToken":"x"}`, true},
 		{"empty token field", `{"accessToken":""}`, false},
+		{"handle", `{"accessToken":"` + newHandle("c1").Reveal() + `"}`, false},
 		{"a wallet's \"handle\"", `{"accessToken":"tph_someone-elses"}`, true},
 		{"token field not a string", `{"accessToken":{"v":"x"}}`, true},
 		{"duplicate keys", `{"a":"x","a":"` + tok + `"}`, true},
@@ -94,9 +95,6 @@ func TestReadExchangeAnswer(t *testing.T) {
 	}
 	if got := string(a.app.marshal()); got != `{"result":{"resultStatus":"F","resultCode":"USED_CODE","resultMessage":"m"},"customerId":"c1"}` {
 		t.Fatalf("F app answer %s", got)
-	}
-	if len(a.carried) != 2 || a.carried[0].Reveal() != "A" || a.carried[1].Reveal() != "R" {
-		t.Fatalf("F answer: the tokens it carried are not searched for: %d", len(a.carried))
 	}
 }
 

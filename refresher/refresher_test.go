@@ -501,7 +501,7 @@ func TestSchedulerRefreshesDueCustomers(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	f.r.scheduleOnce(ctx(t)) // refreshed ones are no longer due
-	time.Sleep(50 * time.Millisecond)
+	f.r.wg.Wait()
 	if n := f.wallet.calls.Load(); n != 20 {
 		t.Fatalf("%d refreshes for 20 due customers", n)
 	}

@@ -485,21 +485,18 @@ func (s *Redis) completeOp(ctx context.Context, l *Lease, o Outcome, opID string
 // the new tokens sealed with the keyring's first key, their expiries, the
 // refresh times, the new rth and the format version.
 func (s *Redis) encodeRefreshed(rec *Record) ([]any, error) {
-	kid, at, rt, err := s.sealTokens(rec)
+	sealed, err := s.sealTokens(rec)
 	if err != nil {
 		return nil, err
 	}
-	return []any{
+	return append(sealed,
 		fVersion, formatVersion,
-		fKeyID, kid,
-		fAccess, at,
-		fRefresh, rt,
 		fAccessExp, unixMilli(rec.AccessTokenExpiry),
 		fRefreshExp, unixMilli(rec.RefreshTokenExpiry),
 		fLastRefresh, unixMilli(rec.LastRefresh),
 		fNextRefresh, unixMilli(rec.NextRefresh),
 		fRTH, s.refreshTokenHash(rec.CustomerID, rec.RefreshToken),
-	}, nil
+	), nil
 }
 
 // Journal returns a recorded outcome; see RefreshStore.Journal.

@@ -75,7 +75,7 @@ func NewHTTPClient() *http.Client {
 type Response struct {
 	StatusCode int
 	// Header holds the headers worth returning to the app:
-	// Content-Type, Response-Time, Signature.
+	// Content-Type, Client-Id, Response-Time, Signature.
 	Header http.Header
 	Body   []byte
 	// Result is the body's result object (zero when it has none).
@@ -172,7 +172,7 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 	if limit <= 0 {
 		limit = 8 << 20
 	}
-	raw, err := readBody(resp.Body, resp.ContentLength, limit, budgetFrom(ctx))
+	raw, err := readBody(ctx, resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			return nil, err
@@ -195,7 +195,7 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 	if env.Result != nil {
 		out.Result = keptResult(*env.Result, body)
 	}
-	for _, h := range []string{"Content-Type", HeaderResponseTime, HeaderSignature} {
+	for _, h := range []string{"Content-Type", HeaderClientID, HeaderResponseTime, HeaderSignature} {
 		if v := resp.Header.Get(h); v != "" {
 			out.Header.Set(h, v)
 		}

@@ -120,7 +120,8 @@ func TestHostileRequests(t *testing.T) {
 		{"prefix glued to the path, authCode", ex("/ams/apiv1/authorizations/applyToken"), bad, param},
 		{"prefix twice, authCode", ex("/ams/api/ams/api" + apply), bad, param},
 		{"prefix then applyToken%3F", ex("/ams/api" + apply + "%3F"), bad, param},
-		{"prefix then an admin path", hreq{method: "GET", target: "/ams/api/tokenproxy/customers/" + cust}, http.StatusMethodNotAllowed, meth},
+		{"prefix then an admin path", hreq{method: "GET", target: "/ams/api/tokenproxy/customers/" + cust}, bad, param},
+		{"prefix then an admin refresh, POST", hreq{target: "/ams/api/tokenproxy/customers/" + cust + "/refresh", body: `{}`}, bad, param},
 		{"admin prefix then ..", ex("/tokenproxy/../v1/authorizations/applyToken"), bad, param},
 		{"admin prefix %2F", hreq{method: "GET", target: "/tokenproxy%2Fcustomers/" + cust}, bad, param},
 		// Admin paths: the customer id segment.

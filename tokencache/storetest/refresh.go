@@ -16,14 +16,16 @@ import (
 
 // Lease and backoff durations of the refresh suite. Short ones lapse when
 // the suite means them to (it advances the clock past them); long ones
-// never lapse during a subtest. They are small so that a store on a real
-// clock (advance sleeps) runs the suite in seconds.
+// never lapse during a subtest. A store on a real clock (advance sleeps)
+// needs two consecutive store calls to fit in shortTTL: 750 ms holds with
+// -race at a load of 4 on 2 cores, where calls that take a few ms idle
+// can take a few hundred; the suite then runs in about 25 s.
 const (
-	shortTTL = 100 * time.Millisecond // lapses after advance(shortTTL + slack)
-	midTTL   = 300 * time.Millisecond // outlives two quick calls, not an advance past it
-	longTTL  = 30 * time.Second       // never lapses in a subtest
-	backoff  = 300 * time.Millisecond
-	slack    = 60 * time.Millisecond
+	shortTTL = 750 * time.Millisecond  // lapses after advance(shortTTL + slack)
+	midTTL   = 1500 * time.Millisecond // outlives two calls, not an advance past it
+	longTTL  = 30 * time.Second        // never lapses in a subtest
+	backoff  = 1500 * time.Millisecond
+	slack    = 100 * time.Millisecond
 	// watchWait bounds how long a watcher waits for a notice it must get.
 	watchWait = 5 * time.Second
 )
@@ -37,7 +39,7 @@ const (
 // The subtests run one after another, not in parallel, so that advance may
 // move one clock shared by all stores. Assertions count outcomes, never
 // measure time: the only timing assumption is that two consecutive store
-// calls take less than midTTL and backoff (300 ms).
+// calls take less than shortTTL (750 ms).
 func RunRefresh(t *testing.T, newStore func(t *testing.T) tokencache.RefreshStore, advance func(d time.Duration)) {
 	tests := []struct {
 		name string
