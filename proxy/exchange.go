@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	"github.com/tokenproxy/tokenproxy/refresher"
 	"github.com/tokenproxy/tokenproxy/wallet"
@@ -25,10 +26,15 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	if err != nil {
 		return err
 	}
+	if h.cfg.Handles {
+		if grant, _, _ := obj.str("grantType"); grant == "REFRESH_TOKEN" {
+			return h.serveHandleRefresh(w, c, obj)
+		}
+	}
 	if err := checkExchange(obj); err != nil {
 		return err
 	}
-	obj = obj.without("accessToken", "refreshToken")
+	obj = obj.withoutTokenFields()
 	resp, err := h.call(c, obj.marshal())
 	if err != nil {
 		return err
@@ -39,11 +45,12 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	}
 	// The exchange answer never carries the wallet's Response-Time and
 	// Signature: its body is no longer the one the wallet signed.
+	resp.Header.Del(wallet.HeaderClientID)
 	resp.Header.Del(wallet.HeaderResponseTime)
 	resp.Header.Del(wallet.HeaderSignature)
 	resp.Body = answer.app.marshal()
 	if answer.pair == nil { // F or U: the wallet's status, the rebuilt body
-		h.writeWalletResponse(w, resp, nil)
+		h.writeWalletResponse(w, c, resp, answer.forms())
 		return nil
 	}
 	pair := answer.pair
@@ -51,12 +58,58 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	for _, m := range obj.without(notReplayed...) {
 		replay[m.key] = m.raw
 	}
-	if err := h.cfg.Tokens.Install(c.r.Context(), refresher.Exchange{Path: c.target.path, Replay: replay, Pair: pair}); err != nil {
+	ex := refresher.Exchange{Path: c.target.path, Replay: replay, Pair: pair}
+	if h.cfg.Handles {
+		ex.AccessHandle, ex.RefreshHandle = newHandle(pair.CustomerID), newHandle(pair.CustomerID)
+		resp.Body = answer.app.withHandles(ex.AccessHandle, ex.RefreshHandle).marshal()
+	}
+	if err := h.cfg.Tokens.Install(c.r.Context(), ex); err != nil {
 		return err
 	}
 	h.log.Info("authorization code exchanged", append([]any{"customer", pair.CustomerID, "access_token_expiry", pair.AccessTokenExpiry}, logIDs(c.pass)...)...)
-	h.writeWalletResponse(w, resp, formsOf(pair.AccessToken, pair.RefreshToken))
+	h.writeWalletResponse(w, c, resp, answer.forms()) // the pair's tokens and any other
 	return nil
+}
+
+// serveHandleRefresh answers an app's REFRESH_TOKEN grant that presents a
+// refresh handle: S with the current expiry times and the same handles,
+// without calling the wallet (refreshing is the proxy's job; the app's
+// handles stay valid across refreshes). Anything but a handle is refused
+// as any refresh grant is; an unknown or superseded handle is 401.
+func (h *Handler) serveHandleRefresh(w http.ResponseWriter, c *call, obj object) error {
+	presented, _, err := obj.str("refreshToken")
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(presented, handlePrefix) {
+		return badRequest("refresh tokens never leave the proxy; it refreshes by itself")
+	}
+	id, ok := handleCustomer(presented)
+	if !ok {
+		return unknownHandle()
+	}
+	hs, err := h.cfg.Tokens.Handles(c.r.Context(), id)
+	if err != nil {
+		return err
+	}
+	if !sameHandle(hs.Refresh, wallet.Secret(presented)) {
+		return unknownHandle()
+	}
+	answer := object{{key: "result", raw: json.RawMessage(`{"resultStatus":"S","resultCode":"SUCCESS","resultMessage":"success"}`)}}
+	answer = append(answer, member{key: "customerId", raw: jsonString(id)},
+		member{key: "accessTokenExpiryTime", raw: jsonString(wallet.FormatTime(hs.AccessTokenExpiry))})
+	if !hs.RefreshTokenExpiry.IsZero() {
+		answer = append(answer, member{key: "refreshTokenExpiryTime", raw: jsonString(wallet.FormatTime(hs.RefreshTokenExpiry))})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(answer.withHandles(hs.Access, hs.Refresh).marshal())
+	return nil
+}
+
+func jsonString(s string) json.RawMessage {
+	b, _ := json.Marshal(s) // a string always marshals
+	return b
 }
 
 // checkExchange applies the applyToken request rules before anything

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -72,6 +73,9 @@ func checkStructure(body []byte) error {
 			if first {
 				return fmt.Errorf("%w: empty", errBody)
 			}
+			if len(stack) > 0 { // Token reports a plain EOF inside an unclosed object
+				return fmt.Errorf("%w: not JSON (truncated)", errBody)
+			}
 			return nil
 		}
 		if err != nil {
@@ -121,7 +125,12 @@ func checkStructure(body []byte) error {
 	}
 }
 
+// truncate shortens a key quoted in an error (and so in a log line); a key
+// that is a token handle is never quoted.
 func truncate(s string, n int) string {
+	if strings.HasPrefix(s, handlePrefix) {
+		return handlePrefix + "..."
+	}
 	if len(s) <= n {
 		return s
 	}
@@ -161,6 +170,19 @@ func (o object) without(keys ...string) object {
 			}
 		}
 		if !drop {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// withoutTokenFields returns o without any top-level token field, in any
+// letter case: a wallet may read field names without regard to case, so
+// "AccessToken" from the app must not reach it beside the injected one.
+func (o object) withoutTokenFields() object {
+	out := o[:0:0]
+	for _, m := range o {
+		if !isTokenField(m.key) {
 			out = append(out, m)
 		}
 	}

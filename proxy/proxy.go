@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenproxy/tokenproxy/internal/bodyread"
 	"github.com/tokenproxy/tokenproxy/refresher"
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
@@ -34,6 +35,9 @@ type Tokens interface {
 	Status(ctx context.Context, customerID string) (refresher.Status, error)
 	Forget(ctx context.Context, customerID string) error
 	Refresh(ctx context.Context, customerID string) (refresher.Status, error)
+	// Handles returns the app's handles of a customer and the expiry
+	// times, without calling the wallet.
+	Handles(ctx context.Context, customerID string) (refresher.Handles, error)
 }
 
 // Wallet signs, sends and verifies one wallet call. *wallet.Client
@@ -61,6 +65,11 @@ type Config struct {
 	// Limiter bounds calls in flight and the bytes of their bodies; nil
 	// limits nothing.
 	Limiter *Limiter
+	// Signer, when set, signs every answer to the app (see AppSigner).
+	Signer *AppSigner
+	// Handles gives the app handles instead of no token fields
+	// (TOKENPROXY_APP_TOKENS=handles): see handles.go.
+	Handles bool
 	Metrics *Metrics
 	Logger  *slog.Logger
 }
@@ -108,20 +117,14 @@ type call struct {
 // paths, every other path a wallet API call.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rw := &statusWriter{ResponseWriter: w}
-	route := routeAPI
-	c := &call{r: r, pass: passThrough(r.Header), budget: &callBudget{l: h.cfg.Limiter}}
-	var err error
-	switch {
-	case r.Method == http.MethodConnect:
-		err = failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "CONNECT is not allowed")
-	case !h.cfg.Limiter.admit():
-		err = overLimit("too many calls in flight")
-	default:
-		defer h.cfg.Limiter.done()
-		defer c.budget.release()
-		route, err = h.route(rw, c)
+	if h.cfg.Signer != nil {
+		sw := &signingWriter{ResponseWriter: w}
+		defer sw.flush(h.cfg.Signer, r)
+		w = sw
 	}
+	rw := &statusWriter{ResponseWriter: w}
+	c := &call{r: r, pass: passThrough(r.Header), budget: &callBudget{l: h.cfg.Limiter}}
+	route, err := h.admit(rw, c)
 	if err != nil {
 		pe := classify(err)
 		level := slog.LevelInfo
@@ -131,9 +134,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs := append([]any{"route", route, "path", c.target.path, "status", pe.status, "code", pe.code, "err", err}, logIDs(c.pass)...)
 		h.log.Log(r.Context(), level, "request refused", attrs...)
 		writeEnvelope(rw, pe)
+		// Read what the app is still sending (without keeping it, and
+		// without holding a call slot), so that it gets this answer rather
+		// than a reset connection mid-body.
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
 	}
 	h.cfg.Metrics.requests.WithLabelValues(route, strconv.Itoa(rw.status())).Inc()
 	h.cfg.Metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+}
+
+// admit serves the call within a call slot and its memory budget, both
+// given back when it returns.
+func (h *Handler) admit(w http.ResponseWriter, c *call) (string, error) {
+	switch {
+	case c.r.Method == http.MethodConnect:
+		return routeAPI, failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "CONNECT is not allowed")
+	case !h.cfg.Limiter.admit():
+		return routeAPI, overLimit("too many calls in flight")
+	}
+	defer h.cfg.Limiter.done()
+	defer c.budget.release()
+	return h.route(w, c)
 }
 
 func (h *Handler) route(w http.ResponseWriter, c *call) (string, error) {
@@ -172,14 +193,27 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 		}
 	}
 	field := h.field(c.target.path)
-	obj = obj.without("accessToken", "refreshToken")
+	var handle wallet.Secret
+	if h.cfg.Handles {
+		if hd, ok := handleAt(obj, field); ok {
+			id, ok := handleCustomer(hd.Reveal())
+			switch {
+			case !ok:
+				return unknownHandle()
+			case hasCustomer && id != customerID:
+				return badRequest("the customer header names another customer than the token handle")
+			}
+			customerID, hasCustomer, handle = id, true, hd
+		}
+	}
+	obj = obj.withoutTokenFields()
 	if !hasCustomer {
 		obj = obj.without(field[0])
 		resp, err := h.call(c, obj.marshal())
 		if err != nil {
 			return err
 		}
-		h.writeWalletResponse(w, resp, nil)
+		h.writeWalletResponse(w, c, resp, nil)
 		return nil
 	}
 
@@ -187,7 +221,10 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 	if err != nil {
 		return err
 	}
-	used := []wallet.Secret{tok.Value}
+	if handle != "" && !sameHandle(tok.AccessHandle, handle) {
+		return unknownHandle() // superseded by a new exchange
+	}
+	used := []wallet.Secret{tok.Value, tok.Refresh}
 	resp, err := h.forward(c, obj, field, tok)
 	if err != nil {
 		return err
@@ -196,12 +233,12 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 		if tok, err = h.cfg.Tokens.Rejected(c.r.Context(), tok); err != nil {
 			return err
 		}
-		used = append(used, tok.Value)
+		used = append(used, tok.Value, tok.Refresh)
 		if resp, err = h.forward(c, obj, field, tok); err != nil {
 			return err
 		}
 	}
-	h.writeWalletResponse(w, resp, formsOf(used...))
+	h.writeWalletResponse(w, c, resp, formsOf(used...))
 	return nil
 }
 
@@ -244,38 +281,24 @@ func (h *Handler) customer(r *http.Request) (string, bool, error) {
 }
 
 // readObject reads the body within the size limit and the call's memory
-// budget, and parses it. A body declared larger than the limit is refused
-// before it is read; one the budget cannot hold is 503 at once.
+// budget (requestCopies of every byte buffered, granted before it is
+// allocated), and parses it. A body declared larger than the limit is
+// refused before it is read; one the budget cannot hold is 503 at once.
 func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
-	tooLarge := failF(http.StatusRequestEntityTooLarge, wallet.CodeParamIllegal,
-		fmt.Sprintf("body over %d bytes", h.cfg.MaxBodyBytes))
-	size := c.r.ContentLength
-	if size > h.cfg.MaxBodyBytes {
-		return nil, tooLarge
-	}
-	if size < 0 {
-		size = h.cfg.MaxBodyBytes
-	}
-	if !c.budget.take(size * requestCopies) {
+	body, err := bodyread.Read(http.MaxBytesReader(w, c.r.Body, h.cfg.MaxBodyBytes),
+		c.r.ContentLength, h.cfg.MaxBodyBytes, func(n int64) bool { return c.budget.take(n * requestCopies) })
+	var mbe *http.MaxBytesError
+	switch {
+	case err == nil:
+		return parseObject(body)
+	case errors.Is(err, bodyread.ErrTooLarge), errors.As(err, &mbe):
+		return nil, failF(http.StatusRequestEntityTooLarge, wallet.CodeParamIllegal,
+			fmt.Sprintf("body over %d bytes", h.cfg.MaxBodyBytes))
+	case errors.Is(err, bodyread.ErrOverBudget):
 		return nil, overLimit("request bodies in flight over the memory budget")
-	}
-	var body []byte
-	var err error
-	rd := http.MaxBytesReader(w, c.r.Body, h.cfg.MaxBodyBytes)
-	if c.r.ContentLength >= 0 {
-		body = make([]byte, c.r.ContentLength)
-		_, err = io.ReadFull(rd, body)
-	} else {
-		body, err = io.ReadAll(rd)
-	}
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, tooLarge
-		}
+	default:
 		return nil, badRequest("could not read the body")
 	}
-	return parseObject(body)
 }
 
 // writeWalletResponse returns the wallet's answer: status, body,
@@ -284,9 +307,9 @@ func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
 // of every token field; when anything was redacted the signature headers,
 // which no longer match, are dropped and tokenproxy_redactions_total counts
 // it.
-func (h *Handler) writeWalletResponse(w http.ResponseWriter, resp *wallet.Response, forms secretForms) {
+func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wallet.Response, forms secretForms) {
 	hdr := w.Header()
-	for _, k := range []string{"Content-Type", wallet.HeaderResponseTime, wallet.HeaderSignature} {
+	for _, k := range []string{"Content-Type", wallet.HeaderClientID, wallet.HeaderResponseTime, wallet.HeaderSignature} {
 		if v := resp.Header.Get(k); v != "" {
 			hdr.Set(k, v)
 		}
@@ -296,7 +319,7 @@ func (h *Handler) writeWalletResponse(w http.ResponseWriter, resp *wallet.Respon
 		hdr.Del(wallet.HeaderSignature)
 		hdr.Del(wallet.HeaderResponseTime)
 		h.cfg.Metrics.redactions.Inc()
-		h.log.Warn("a token in the wallet's answer was redacted", "path", resp.Path)
+		h.log.Warn("a token in the wallet's answer was redacted", append([]any{"path", c.target.path}, logIDs(c.pass)...)...)
 	}
 	if hdr.Get("Content-Type") == "" {
 		hdr.Set("Content-Type", "application/json")

@@ -100,6 +100,10 @@ func (f *fakeTokens) Status(_ context.Context, id string) (refresher.Status, err
 
 func (f *fakeTokens) Forget(context.Context, string) error { return nil }
 
+func (f *fakeTokens) Handles(context.Context, string) (refresher.Handles, error) {
+	return refresher.Handles{}, refresher.ErrNotAuthorized
+}
+
 func (f *fakeTokens) Refresh(ctx context.Context, id string) (refresher.Status, error) {
 	return f.Status(ctx, id)
 }

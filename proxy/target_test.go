@@ -19,6 +19,7 @@ func TestParseTarget(t *testing.T) {
 		{"/ams/api/v1/authorizations/applyToken", "/ams/api", "/v1/authorizations/applyToken", "", false, true},
 		{"/v1/authorizations/applyToken", "/ams/api", "/v1/authorizations/applyToken", "", false, true},
 		{"/ams/apix/v1", "/ams/api", "/ams/apix/v1", "", false, true}, // not the prefix
+		{"/ams/api/tokenproxy/customers/c1", "/ams/api", "", "", false, false},
 		{"/tokenproxy/customers/a+b=c", "", "/tokenproxy/customers/a+b=c", "", true, true},
 		{"/tokenproxy/customers/c1/refresh", "", "/tokenproxy/customers/c1/refresh", "", true, true},
 		{"/tokenproxy%2Fcustomers/c1", "", "", "", false, false},

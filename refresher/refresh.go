@@ -82,6 +82,18 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 	// awaited: the refresh token another caller was presenting while
 	// this one waited.
 	var awaited string
+	// waited: this refresh found the lease held and waited for its holder;
+	// endWait counts how that ended, once (the deferred call covers every
+	// return not named below as failed).
+	waited := false
+	endWait := func(result string) {
+		if waited {
+			r.cfg.Metrics.waits.WithLabelValues(result).Inc()
+			waited = false
+		}
+	}
+	defer endWait(waitFailed)
+
 	for range maxRounds {
 		if rec, ok := r.pending.get(customerID); ok {
 			// This replica holds a known outcome the store has not taken
@@ -107,6 +119,7 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 			return nil, ErrReauthorizationRequired
 		}
 		if done(rec) {
+			endWait(waitJoined)
 			return rec, nil
 		}
 		if j := rec.Journal; awaited != "" && trigger != TriggerForced && j.For(awaited, r.now()) &&
@@ -121,6 +134,7 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 			if errors.Is(err, errRateBusy) {
 				return rec, nil // still due: a later tick takes it
 			}
+			endWait(waitTimeout)
 			return nil, fmt.Errorf("refresh rate: %w: %w", wallet.ErrTimeout, err)
 		}
 		// The claim and the presentation get budgets of their own, so that
@@ -134,26 +148,36 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 		switch {
 		case err == nil:
 			r.storeOK()
+			r.claimed(claimWon)
+			endWait(waitClaimed)
 			return r.present(rec, lease, claimedAt, trigger)
 		case errors.Is(err, tokencache.ErrConflict):
+			r.claimed(claimConflict)
 			continue // the record changed since we read it: read again
 		case errors.As(err, &held):
+			r.claimed(claimHeld)
 			if trigger == TriggerScheduled {
 				return rec, nil // another replica is on it
 			}
 			awaited = rec.RefreshTokenHash
+			waited = true
 			r.wait(ctx, watch, min(held.TTL, pollEvery))
 		case errors.As(err, &cool):
+			r.claimed(claimCooldown)
 			return nil, &CooldownError{LastError: cool.LastError, Remaining: cool.Remaining}
 		case errors.Is(err, tokencache.ErrNotActive):
+			r.claimed(claimEnded)
 			return nil, ErrReauthorizationRequired
 		case errors.Is(err, tokencache.ErrNotFound):
+			r.claimed(claimEnded)
 			return nil, ErrNotAuthorized
 		default:
+			r.claimed(claimError)
 			r.storeFailed("claim")
 			return nil, fmt.Errorf("claim refresh: %w", err)
 		}
 		if ctx.Err() != nil {
+			endWait(waitTimeout)
 			return nil, fmt.Errorf("wait for refresh: %w: %w", wallet.ErrTimeout, ctx.Err())
 		}
 	}
@@ -206,6 +230,11 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 
 	o, result := r.outcome(rec, pair, callErr)
 	r.cfg.Metrics.refreshes.WithLabelValues(trigger, result, metricCode(o)).Inc()
+	if o.Kind == tokencache.Refreshed {
+		// How long the old access token had left: 0 when it had expired
+		// (a caller waited, or the token was past due).
+		r.cfg.Metrics.headroom.WithLabelValues(trigger).Observe(max(rec.AccessTokenExpiry.Sub(o.Record.LastRefresh), 0).Seconds())
+	}
 	if o.Kind == tokencache.Rejected && o.Code == wallet.CodeUsedRefreshToken && lease.Represent {
 		r.cfg.Metrics.lostRotations.Inc()
 		r.log.Error("lost rotation: the wallet rotated the refresh token but its answer was lost; the customer must authorize again",

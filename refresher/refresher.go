@@ -112,6 +112,21 @@ type Token struct {
 	Value      wallet.Secret
 	Expiry     time.Time
 	Generation int64
+	// Refresh is the refresh token stored with Value. It is never sent
+	// with a call: the proxy only searches the wallet's answer for it, so
+	// that a wallet echoing it cannot hand it to the app.
+	Refresh wallet.Secret
+	// AccessHandle is the handle the app holds for the customer's access
+	// token (TOKENPROXY_APP_TOKENS=handles), "" when it holds none.
+	AccessHandle wallet.Secret
+}
+
+// Handles are what the app of TOKENPROXY_APP_TOKENS=handles holds for a
+// customer, with the expiry times it is told.
+type Handles struct {
+	Access, Refresh    wallet.Secret
+	AccessTokenExpiry  time.Time
+	RefreshTokenExpiry time.Time // zero: none given
 }
 
 // Refresher is safe for concurrent use. Run drives the scheduler; Close
@@ -286,6 +301,9 @@ type Exchange struct {
 	Path   string                     // the applyToken path used; refreshes replay it
 	Replay map[string]json.RawMessage // request fields refreshes replay (v2 fields, extendInfo)
 	Pair   *wallet.TokenResponse
+	// AccessHandle and RefreshHandle, when set, are the app's handles for
+	// the pair; they replace any earlier ones.
+	AccessHandle, RefreshHandle wallet.Secret
 }
 
 // Install stores the pair of a new exchange for its customer, replacing
@@ -310,10 +328,12 @@ func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
 func NewRecord(ex Exchange, now time.Time, before, jitter time.Duration) *tokencache.Record {
 	return &tokencache.Record{
 		CustomerID:         ex.Pair.CustomerID,
-		AccessToken:        tokencache.Secret(ex.Pair.AccessToken.Reveal()),
+		AccessToken:        ex.Pair.AccessToken,
 		AccessTokenExpiry:  ex.Pair.AccessTokenExpiry,
-		RefreshToken:       tokencache.Secret(ex.Pair.RefreshToken.Reveal()),
+		RefreshToken:       ex.Pair.RefreshToken,
 		RefreshTokenExpiry: ex.Pair.RefreshTokenExpiry,
+		AccessHandle:       ex.AccessHandle,
+		RefreshHandle:      ex.RefreshHandle,
 		ExchangePath:       ex.Path,
 		Replay:             ex.Replay,
 		LastUsed:           now,
@@ -329,6 +349,25 @@ func (r *Refresher) Status(ctx context.Context, customerID string) (Status, erro
 		return Status{}, err
 	}
 	return statusOf(rec, r.now(), r.refreshing(customerID)), nil
+}
+
+// Handles returns the app's handles of a customer and its expiry times,
+// without calling the wallet: ErrNotAuthorized when unknown,
+// ErrReauthorizationRequired when only a new exchange helps.
+func (r *Refresher) Handles(ctx context.Context, customerID string) (Handles, error) {
+	rec, err := r.load(ctx, customerID)
+	if err != nil {
+		return Handles{}, err
+	}
+	if rec.State == tokencache.StateReauthorizationRequired {
+		return Handles{}, ErrReauthorizationRequired
+	}
+	return Handles{
+		Access:             wallet.Secret(rec.AccessHandle.Reveal()),
+		Refresh:            wallet.Secret(rec.RefreshHandle.Reveal()),
+		AccessTokenExpiry:  rec.AccessTokenExpiry,
+		RefreshTokenExpiry: rec.RefreshTokenExpiry,
+	}, nil
 }
 
 // Forget deletes the customer's tokens everywhere (the user unlinked). A
@@ -525,6 +564,8 @@ func (r *Refresher) refreshing(id string) bool {
 
 func (r *Refresher) storeOK() { r.cfg.Metrics.storeUp.Set(1) }
 
+func (r *Refresher) claimed(result string) { r.cfg.Metrics.claims.WithLabelValues(result).Inc() }
+
 func (r *Refresher) storeFailed(op string) {
 	r.cfg.Metrics.storeErrors.WithLabelValues(op).Inc()
 	r.cfg.Metrics.storeUp.Set(0)
@@ -536,5 +577,8 @@ func tokenOf(rec *tokencache.Record) Token {
 		Value:      wallet.Secret(rec.AccessToken.Reveal()),
 		Expiry:     rec.AccessTokenExpiry,
 		Generation: rec.Generation,
+		Refresh:    wallet.Secret(rec.RefreshToken.Reveal()),
+
+		AccessHandle: wallet.Secret(rec.AccessHandle.Reveal()),
 	}
 }

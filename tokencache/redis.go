@@ -46,6 +46,10 @@ const (
 	fRTH         = "rth"    // RefreshTokenHash
 	fFailures    = "fa"
 	fNotBefore   = "nb"
+	// The app's token handles (TOKENPROXY_APP_TOKENS=handles), sealed like
+	// the tokens; absent in the other mode.
+	fAccessHandle  = "ah"
+	fRefreshHandle = "rh"
 )
 
 // maxWaitTimeout caps how long a write waits for replicas when
@@ -232,21 +236,29 @@ func waitTimeout(ctx context.Context) time.Duration {
 	return max(d, time.Millisecond)
 }
 
-// sealTokens seals the record's tokens with the keyring's first key and
-// returns that key's id and the sealed access and refresh tokens ("" for
-// an absent token).
-func (s *Redis) sealTokens(rec *Record) (kid, at, rt string, err error) {
-	if rec.AccessToken != "" {
-		if kid, at, err = s.keyring.Seal(s.prefix, rec.CustomerID, fAccess, []byte(rec.AccessToken.Reveal())); err != nil {
-			return "", "", "", err
+// sealTokens seals the record's tokens and handles with the keyring's
+// first key and returns the field/value pairs: the key id, then each
+// sealed field ("" for an absent value, which writes delete).
+func (s *Redis) sealTokens(rec *Record) ([]any, error) {
+	kid := s.keyring.SealingKeyID()
+	out := []any{fKeyID, kid}
+	for _, f := range []struct {
+		name  string
+		value Secret
+	}{
+		{fAccess, rec.AccessToken}, {fRefresh, rec.RefreshToken},
+		{fAccessHandle, rec.AccessHandle}, {fRefreshHandle, rec.RefreshHandle},
+	} {
+		sealed := ""
+		if f.value != "" {
+			var err error
+			if _, sealed, err = s.keyring.Seal(s.prefix, rec.CustomerID, f.name, []byte(f.value.Reveal())); err != nil {
+				return nil, err
+			}
 		}
+		out = append(out, f.name, sealed)
 	}
-	if rec.RefreshToken != "" {
-		if kid, rt, err = s.keyring.Seal(s.prefix, rec.CustomerID, fRefresh, []byte(rec.RefreshToken.Reveal())); err != nil {
-			return "", "", "", err
-		}
-	}
-	return kid, at, rt, nil
+	return out, nil
 }
 
 // refreshTokenHash is the RefreshTokenHash of a refresh token written now:
@@ -312,6 +324,8 @@ func (s *Redis) decode(customerID string, vals map[string]string) (*Record, erro
 	}{
 		{fAccess, &rec.AccessToken},
 		{fRefresh, &rec.RefreshToken},
+		{fAccessHandle, &rec.AccessHandle},
+		{fRefreshHandle, &rec.RefreshHandle},
 	} {
 		sealed := vals[f.name]
 		if sealed == "" {

@@ -65,7 +65,7 @@ return 'ok'
 func (s *Redis) Get(ctx context.Context, customerID string) (*Record, error) {
 	vals, err := s.client.HGetAll(ctx, s.RecordKey(customerID)).Result()
 	if err != nil {
-		return nil, unavailable("get record", err)
+		return nil, readError("get record", err)
 	}
 	e, err := s.decodeEntry(customerID, vals)
 	if err != nil {
@@ -106,7 +106,7 @@ func (s *Redis) Update(ctx context.Context, customerID string, d Decision) error
 		}
 		reply, err := readScript.Run(ctx, s.client, keys[:1]).Slice()
 		if err != nil {
-			return unavailable(op, err)
+			return readError(op, err)
 		}
 		now, expires, vals, err := readReply(reply)
 		if err != nil {
@@ -144,6 +144,16 @@ func (s *Redis) Update(ctx context.Context, customerID string, d Decision) error
 		}
 	}
 	return fmt.Errorf("%s: %w: the entry kept changing during %d attempts", op, ErrUnavailable, maxUpdateAttempts)
+}
+
+// readError is a failed read of an entry: a key of another type than a
+// hash is damaged, not an outage, so no locally held token stands in for
+// it; anything else is the store unavailable.
+func readError(op string, err error) error {
+	if redis.HasErrorPrefix(err, "WRONGTYPE") || strings.Contains(err.Error(), "WRONGTYPE") {
+		return fmt.Errorf("%s: %w", op, corrupt("record", "not a hash"))
+	}
+	return unavailable(op, err)
 }
 
 type clockReading struct {
@@ -193,33 +203,26 @@ func (s *Redis) channelIf(publish bool) string {
 	return ""
 }
 
-// decodeEntry reads an entry hash. When the record in it cannot be read,
-// the entry comes back without it, its generation kept as a tombstone's
-// (so a Put replacing it still goes above it), with the error.
+// decodeEntry reads an entry hash. The protocol's fields are read as the
+// scripts before read them: an unparsable number counts as absent (no
+// lease, no intent, fence 0, which the next claim raises to the server's
+// time). When the record cannot be read, the entry comes back without it,
+// its generation kept as a tombstone's (so a Put replacing it still goes
+// above it), with the error.
 func (s *Redis) decodeEntry(customerID string, vals map[string]string) (*Entry, error) {
 	e := &Entry{}
-	var bad string
 	num := func(f string) int64 {
-		n, err := strconv.ParseInt(vals[f], 10, 64)
-		if err != nil && vals[f] != "" {
-			bad = f
-		}
+		n, _ := strconv.ParseInt(vals[f], 10, 64)
 		return n
 	}
 	tm := func(f string) time.Time {
-		t, err := parseUnixMilli(vals[f])
-		if err != nil {
-			bad = f
-		}
+		t, _ := parseUnixMilli(vals[f])
 		return t
 	}
 	e.Tombstone, e.Fence = num(fTombstone), num(fFence)
 	e.Lease = Hold{Owner: vals[fLeaseOwner], Fence: num(fLeaseFence), Until: tm(fLeaseUntil)}
 	e.Intent = Intent{Hash: vals[fIntentHash], Attempts: int(num(fIntentAttempts)), Owner: vals[fIntentOwner],
 		Fence: num(fIntentFence), At: tm(fIntentAt), LeaseUntil: tm(fIntentLease), GraceUntil: tm(fIntentGrace)}
-	if bad != "" {
-		return e, corrupt(bad, "malformed")
-	}
 	if vals[fVersion] == "" && vals[fGeneration] == "" {
 		return e, nil // none, or a tombstone
 	}
@@ -291,15 +294,22 @@ func (s *Redis) encodeEntry(customerID string, was, e *Entry, read map[string]st
 	if r == nil {
 		return out, nil
 	}
-	kid, at, rt := read[fKeyID], read[fAccess], read[fRefresh]
+	var sealed []any
 	if recordWritten(was, e) {
 		var err error
-		if kid, at, rt, err = s.sealTokens(r); err != nil {
+		if sealed, err = s.sealTokens(r); err != nil {
 			return nil, err
 		}
 		if r.RefreshTokenHash == "" {
 			r.RefreshTokenHash = s.refreshTokenHash(customerID, r.RefreshToken)
 		}
+	} else {
+		for _, f := range []string{fKeyID, fAccess, fRefresh, fAccessHandle, fRefreshHandle} {
+			sealed = append(sealed, f, read[f])
+		}
+	}
+	for i := 0; i < len(sealed); i += 2 {
+		add(sealed[i].(string), sealed[i+1].(string))
 	}
 	var replay string
 	if len(r.Replay) > 0 {
@@ -315,7 +325,7 @@ func (s *Redis) encodeEntry(customerID string, was, e *Entry, read map[string]st
 	}
 	for _, kv := range [][2]string{
 		{fVersion, formatVersion}, {fGeneration, num(r.Generation)}, {fState, string(r.State)},
-		{fLastError, r.LastError}, {fKeyID, kid}, {fAccess, at}, {fRefresh, rt},
+		{fLastError, r.LastError},
 		{fAccessExp, unixMilli(r.AccessTokenExpiry)}, {fRefreshExp, unixMilli(r.RefreshTokenExpiry)},
 		{fLastRefresh, unixMilli(r.LastRefresh)}, {fLastUsed, unixMilli(r.LastUsed)},
 		{fNextRefresh, unixMilli(r.NextRefresh)}, {fPath, r.ExchangePath}, {fReplay, replay},

@@ -49,6 +49,12 @@ type Record struct {
 	// token is good until the wallet refuses it. When it is set, the store
 	// forgets the record 30 days after it (RecordRetention), never sooner.
 	RefreshTokenExpiry time.Time
+	// AccessHandle and RefreshHandle are the opaque handles the app holds
+	// instead of the tokens (TOKENPROXY_APP_TOKENS=handles), "" otherwise.
+	// A new exchange replaces them; refreshes keep them. Sealed like the
+	// tokens.
+	AccessHandle  Secret
+	RefreshHandle Secret
 	// ExchangePath is the path of the exchange that issued the tokens (for
 	// example /v1/authorizations/applyToken); refreshes replay it.
 	ExchangePath string

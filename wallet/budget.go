@@ -2,8 +2,11 @@ package wallet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+
+	"github.com/tokenproxy/tokenproxy/internal/bodyread"
 )
 
 // Budget is the memory a caller may still spend on a wallet answer's body.
@@ -24,62 +27,20 @@ func WithBudget(ctx context.Context, b Budget) context.Context {
 	return context.WithValue(ctx, budgetKey{}, b)
 }
 
-func budgetFrom(ctx context.Context) Budget {
-	b, _ := ctx.Value(budgetKey{}).(Budget)
-	return b
-}
-
-// readChunk is the first buffer of an answer of unknown length and the
-// step it grows by at least.
-const readChunk = 32 << 10
-
-// readBody reads at most limit bytes of an answer, allocating once when
-// its length is declared, and asking b (when set) for every byte it
-// buffers. A body longer than limit, longer than it declared, or that b
-// does not grant is ErrUnavailable; a short read is the transport error.
-func readBody(r io.Reader, declared, limit int64, b Budget) ([]byte, error) {
-	if declared > limit {
+// readBody reads at most limit bytes of an answer within ctx's budget. A
+// body over the limit or the budget, or unlike its Content-Length, is
+// ErrUnavailable; a failed read is returned as it is.
+func readBody(ctx context.Context, r io.Reader, declared, limit int64) ([]byte, error) {
+	var grow func(int64) bool
+	if b, ok := ctx.Value(budgetKey{}).(Budget); ok {
+		grow = b.Grow
+	}
+	raw, err := bodyread.Read(r, declared, limit, grow)
+	switch {
+	case errors.Is(err, bodyread.ErrTooLarge):
 		return nil, fmt.Errorf("%w: response over %d bytes", ErrUnavailable, limit)
+	case errors.Is(err, bodyread.ErrOverBudget), errors.Is(err, bodyread.ErrLength):
+		return nil, fmt.Errorf("%w: response %v", ErrUnavailable, err)
 	}
-	size := int64(readChunk)
-	if declared >= 0 {
-		size = declared + 1 // +1 sees a body longer than declared
-	}
-	size = min(size, limit+1)
-	if b != nil && !b.Grow(size) {
-		return nil, fmt.Errorf("%w: response over the memory budget", ErrUnavailable)
-	}
-	buf := make([]byte, 0, size)
-	for {
-		if len(buf) == cap(buf) {
-			if int64(len(buf)) > limit {
-				return nil, fmt.Errorf("%w: response over %d bytes", ErrUnavailable, limit)
-			}
-			if declared >= 0 {
-				return nil, fmt.Errorf("%w: response longer than its Content-Length", ErrUnavailable)
-			}
-			more := min(int64(cap(buf)), limit+1-int64(cap(buf)))
-			more = max(more, 1)
-			if b != nil && !b.Grow(more) {
-				return nil, fmt.Errorf("%w: response over the memory budget", ErrUnavailable)
-			}
-			grown := make([]byte, len(buf), int64(cap(buf))+more)
-			copy(grown, buf)
-			buf = grown
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			if int64(len(buf)) > limit {
-				return nil, fmt.Errorf("%w: response over %d bytes", ErrUnavailable, limit)
-			}
-			if declared >= 0 && int64(len(buf)) != declared {
-				return nil, fmt.Errorf("%w: response shorter than its Content-Length", ErrUnavailable)
-			}
-			return buf, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
+	return raw, err
 }

@@ -50,12 +50,19 @@ type Client struct {
 	Metrics *Metrics
 }
 
+// maxResponseHeaderBytes bounds the headers of one wallet answer.
+const maxResponseHeaderBytes = 64 << 10
+
 // NewHTTPClient returns an http.Client for the wallet: no redirects,
 // bounded idle connections, no cookie jar.
 func NewHTTPClient() *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
 	tr.ResponseHeaderTimeout = 0 // the call's context bounds it
+	// Go's default lets each answer hold 10 MB of headers, outside the
+	// memory budget of bodies: every call in flight could hold that much.
+	// The wallet's headers are a few hundred bytes.
+	tr.MaxResponseHeaderBytes = maxResponseHeaderBytes
 	return &http.Client{
 		Transport: tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -68,7 +75,7 @@ func NewHTTPClient() *http.Client {
 type Response struct {
 	StatusCode int
 	// Header holds the headers worth returning to the app:
-	// Content-Type, Response-Time, Signature.
+	// Content-Type, Client-Id, Response-Time, Signature.
 	Header http.Header
 	Body   []byte
 	// Result is the body's result object (zero when it has none).
@@ -165,7 +172,7 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 	if limit <= 0 {
 		limit = 8 << 20
 	}
-	raw, err := readBody(resp.Body, resp.ContentLength, limit, budgetFrom(ctx))
+	raw, err := readBody(ctx, resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			return nil, err
@@ -186,9 +193,9 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		Path:       path,
 	}
 	if env.Result != nil {
-		out.Result = *env.Result
+		out.Result = keptResult(*env.Result, body)
 	}
-	for _, h := range []string{"Content-Type", HeaderResponseTime, HeaderSignature} {
+	for _, h := range []string{"Content-Type", HeaderClientID, HeaderResponseTime, HeaderSignature} {
 		if v := resp.Header.Get(h); v != "" {
 			out.Header.Set(h, v)
 		}
@@ -203,6 +210,25 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		}
 	}
 	return out, nil
+}
+
+// keptResult is an answer's result as the proxy keeps it for its own use
+// (decisions, metric labels, a stored lastError, log lines), never the
+// body returned: a status other than S, F or U is U (an unknown outcome),
+// and a code not shaped like one (A-Z, 0-9, _, at most 64), or one that is
+// not the protocol's and repeats what the request carried, is CodeOther.
+// A wallet or gateway echoing the request's token into its result must not
+// put the token where no answer is scrubbed.
+func keptResult(r Result, request []byte) Result {
+	switch r.ResultStatus {
+	case "", StatusSuccess, StatusFailed, StatusUnknown:
+	default:
+		r.ResultStatus = StatusUnknown
+	}
+	if c := r.ResultCode; c != "" && (!validCode(c) || !protocolCodes[c] && bytes.Contains(request, []byte(c))) {
+		r.ResultCode = CodeOther
+	}
+	return r
 }
 
 func (c *Client) verify(uri string, h http.Header, body []byte) error {

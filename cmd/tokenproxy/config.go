@@ -59,6 +59,9 @@ type Config struct {
 	ShutdownTimeout     time.Duration `env:"TOKENPROXY_SHUTDOWN_TIMEOUT, default=20s" help:"on SIGTERM, how long in-flight calls may take to finish"`
 	MaxInflight         int           `env:"TOKENPROXY_MAX_INFLIGHT, default=0" help:"most app calls handled at once, more get 503 REQUEST_TRAFFIC_EXCEED_LIMIT (0: the memory limit / 256KiB, at least 16)"`
 	MemoryLimit         ByteSize      `env:"TOKENPROXY_MEMORY_LIMIT, default=256MiB" help:"memory the process plans for (the cgroup's limit when lower); bodies in flight are budgeted against it"`
+	AppSigningKey       string        `env:"TOKENPROXY_APP_SIGNING_KEY" secret:"true" help:"RSA private key that signs every answer to the app in the wallet's scheme (for apps on the wallet's SDK); tokenproxy app-key prints its public half"`
+	AppSigningKeyFile   string        `env:"TOKENPROXY_APP_SIGNING_KEY_FILE" help:"file holding the app signing key"`
+	AppTokens           string        `env:"TOKENPROXY_APP_TOKENS, default=none" help:"none: answers carry no token fields; handles: the exchange answer carries opaque handles the app passes back instead of tokens"`
 	LogLevel            string        `env:"TOKENPROXY_LOG_LEVEL, default=info" help:"debug, info, warn or error"`
 	LogFormat           string        `env:"TOKENPROXY_LOG_FORMAT, default=json" help:"json or text"`
 }
@@ -109,6 +112,14 @@ func (c *Config) validate(sidecar bool) error {
 	}
 	if _, _, err := net.SplitHostPort(c.OpsAddr); err != nil {
 		return bad("TOKENPROXY_OPS_ADDR", "want host:port")
+	}
+	if c.AppSigningKey != "" && c.AppSigningKeyFile != "" {
+		return bad("TOKENPROXY_APP_SIGNING_KEY", "set at most one of TOKENPROXY_APP_SIGNING_KEY and TOKENPROXY_APP_SIGNING_KEY_FILE")
+	}
+	switch c.AppTokens {
+	case "none", "handles":
+	default:
+		return bad("TOKENPROXY_APP_TOKENS", "want none or handles")
 	}
 	if c.MaxInflight < 0 {
 		return bad("TOKENPROXY_MAX_INFLIGHT", "must not be negative")
@@ -268,6 +279,26 @@ func (c *Config) walletKey() (*rsa.PublicKey, error) {
 		return nil, bad(name, "unusable: "+err.Error())
 	}
 	return k, nil
+}
+
+// appSigner builds the signer of answers to the app; nil when no key is set.
+func (c *Config) appSigner() (*proxy.AppSigner, error) {
+	raw, name := []byte(c.AppSigningKey), "TOKENPROXY_APP_SIGNING_KEY"
+	if c.AppSigningKeyFile != "" {
+		var err error
+		if raw, err = os.ReadFile(c.AppSigningKeyFile); err != nil {
+			return nil, bad("TOKENPROXY_APP_SIGNING_KEY_FILE", "cannot be read")
+		}
+		name = "TOKENPROXY_APP_SIGNING_KEY_FILE"
+	}
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	key, err := wallet.ParsePrivateKey(raw)
+	if err != nil {
+		return nil, bad(name, "unusable: "+err.Error())
+	}
+	return &proxy.AppSigner{Key: key, ClientID: c.ClientID}, nil
 }
 
 func (c *Config) keyring() (*tokencache.Keyring, error) {

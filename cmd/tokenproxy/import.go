@@ -32,6 +32,10 @@ const (
 	importWorkers = 16
 	// importStoreTimeout bounds every single store call.
 	importStoreTimeout = 5 * time.Second
+	// importAttempts bounds the tries of one line when the store did not
+	// answer in time: a busy Redis should not cost a line (a try that
+	// landed unseen makes the next one find the pair already there).
+	importAttempts = 3
 	// importMaxLine is the longest line read; a longer one is invalid (a
 	// valid line is a few hundred bytes: two tokens of at most 128).
 	importMaxLine = 64 << 10
@@ -337,12 +341,20 @@ func (im *importer) write(ctx context.Context, p importPair) (importOutcome, err
 		CustomerID: p.customerID, AccessToken: p.accessToken, AccessTokenExpiry: p.accessTokenExpiry,
 		RefreshToken: p.refreshToken, RefreshTokenExpiry: p.refreshTokenExpiry,
 	}}, im.now(), im.refreshBefore, im.refreshJitter)
-	var wrote bool
-	_, err := im.call(ctx, func(ctx context.Context) (*tokencache.Record, error) {
-		var err error
-		wrote, err = tokencache.Import(ctx, im.store, rec)
-		return nil, err
-	})
+	var (
+		wrote bool
+		err   error
+	)
+	for range importAttempts {
+		_, err = im.call(ctx, func(ctx context.Context) (*tokencache.Record, error) {
+			var err error
+			wrote, err = tokencache.Import(ctx, im.store, rec)
+			return nil, err
+		})
+		if !errors.Is(err, tokencache.ErrUnavailable) || ctx.Err() != nil {
+			break
+		}
+	}
 	switch {
 	case err != nil:
 		return outcomeFailed, fmt.Errorf("line %d: write the record: %w", p.line, err)

@@ -4,6 +4,7 @@
 //	tokenproxy -h         print every setting with its default
 //	tokenproxy version    print the version
 //	tokenproxy import FILE  import NDJSON token pairs (- for standard input)
+//	tokenproxy app-key    print the public half of TOKENPROXY_APP_SIGNING_KEY
 package main
 
 import (
@@ -48,11 +49,13 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	if len(args) > 0 {
 		switch args[0] {
 		case "-h", "-help", "--help", "help":
-			fmt.Fprintln(stdout, "tokenproxy: token-managing sidecar for wallet OpenAPIs.\n\nUsage:\n  tokenproxy               serve\n  tokenproxy version       print the version\n  tokenproxy import FILE   import NDJSON token pairs (- for standard input)\n\nSettings (environment):")
+			fmt.Fprintln(stdout, "tokenproxy: token-managing sidecar for wallet OpenAPIs.\n\nUsage:\n  tokenproxy               serve\n  tokenproxy version       print the version\n  tokenproxy import FILE   import NDJSON token pairs (- for standard input)\n  tokenproxy app-key [-pem] print the public half of TOKENPROXY_APP_SIGNING_KEY (bare base64, as the wallet's SDKs take it)\n\nSettings (environment):")
 			printSettings(stdout)
 			return 0
 		case "import":
 			return runImport(ctx, args[1:], env, os.Stdin, stdout, stderr)
+		case "app-key":
+			return runAppKey(ctx, args[1:], env, stdout, stderr)
 		case "version", "-version", "--version":
 			fmt.Fprintln(stdout, "tokenproxy", version)
 			return 0
@@ -111,11 +114,16 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	signer, err := cfg.appSigner()
+	if err != nil {
+		return err
+	}
 	inject, _ := proxy.ParseInject(cfg.Inject) // validated
 	base, _ := url.Parse(cfg.WalletURL)        // validated
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg, version)
 
 	store, closeStore, err := openStore(cfg, log)
 	if err != nil {
@@ -168,6 +176,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		PathPrefix:     base.Path,
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		Limiter:        proxy.NewLimiter(mem.maxInflight, mem.bodyBudget),
+		Signer:         signer,
+		Handles:        cfg.AppTokens == "handles",
 		Metrics:        proxy.NewMetrics(reg),
 		Logger:         log,
 	})
@@ -180,7 +190,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer cleanupApp()
 	// Connections beyond what the calls in flight need wait in the
 	// kernel's accept queue instead of costing memory here.
-	appLn = limitListener(appLn, 2*mem.maxInflight+16)
+	appLn = limitListener(appLn, 2*mem.maxInflight+16, appIdleTimeout)
 	opsLn, err := net.Listen("tcp", cfg.OpsAddr)
 	if err != nil {
 		appLn.Close()
@@ -193,7 +203,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		ReadTimeout:       time.Minute,
 		// A call may wait for a refresh, call the wallet and retry once.
 		WriteTimeout:   3*cfg.UpstreamTimeout + cfg.RefreshLease + 10*time.Second,
-		IdleTimeout:    2 * time.Minute,
+		IdleTimeout:    appIdleTimeout,
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       errLog,
 	}
@@ -307,6 +317,10 @@ func openStore(cfg *Config, log *slog.Logger) (countingStore, func(), error) {
 	}
 	return store, func() { store.Close(); rc.Close() }, nil
 }
+
+// appIdleTimeout is how long an app connection may wait for its next
+// request (or its first).
+const appIdleTimeout = 2 * time.Minute
 
 // readiness is /readyz: ready once the store has answered once since
 // start, not ready again while shutting down. A later store outage does not

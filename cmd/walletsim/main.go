@@ -42,6 +42,10 @@ type settings struct {
 	LogLevel            string        `env:"WALLETSIM_LOG_LEVEL, default=info" desc:"debug (one line per wallet call), info, warn or error"`
 }
 
+// version is set at build time (-ldflags "-X main.version=..."), so that a
+// merchant's CI can tell which walletsim it runs: `walletsim version`.
+var version = "dev"
+
 // shutdownTimeout bounds the graceful shutdown on SIGTERM/SIGINT.
 const shutdownTimeout = 10 * time.Second
 
@@ -64,6 +68,9 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		switch args[0] {
 		case "-h", "-help", "--help", "help":
 			usage(stdout)
+			return 0
+		case "version", "-version", "--version":
+			fmt.Fprintln(stdout, version)
 			return 0
 		}
 		fmt.Fprintf(stderr, "walletsim: unexpected argument %q (configuration is by environment; see walletsim -h)\n", args[0])

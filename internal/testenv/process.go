@@ -34,7 +34,10 @@ type Bins struct {
 	Walletsim  string
 }
 
-var projectBuild = &buildSet{pkgs: []string{tokenproxyPkg, walletsimPkg}}
+var (
+	projectBuild = &buildSet{pkgs: []string{tokenproxyPkg, walletsimPkg}, race: true}
+	plainBuild   = &buildSet{pkgs: []string{tokenproxyPkg, walletsimPkg}}
+)
 
 // Binaries builds cmd/tokenproxy and cmd/walletsim with `go build -race`, once
 // per test binary, into a temporary directory that outlives the test (and is
@@ -47,9 +50,18 @@ func Binaries(t testing.TB) Bins {
 	return Bins{Tokenproxy: paths[tokenproxyPkg], Walletsim: paths[walletsimPkg]}
 }
 
+// PlainBinaries is Binaries without -race, for tests that measure the
+// processes' memory or CPU (the race detector multiplies both).
+func PlainBinaries(t testing.TB) Bins {
+	t.Helper()
+	paths := plainBuild.get(t)
+	return Bins{Tokenproxy: paths[tokenproxyPkg], Walletsim: paths[walletsimPkg]}
+}
+
 // buildSet builds a list of main packages once.
 type buildSet struct {
 	pkgs []string // import paths, or paths relative to the test's directory
+	race bool
 
 	once   sync.Once
 	builds int // how many times go build ran: 0 or 1
@@ -61,7 +73,7 @@ func (b *buildSet) get(t testing.TB) map[string]string {
 	t.Helper()
 	b.once.Do(func() {
 		b.builds++
-		b.paths, b.err = buildRace(b.pkgs)
+		b.paths, b.err = build(b.pkgs, b.race)
 	})
 	if b.err != nil {
 		t.Fatal(b.err)
@@ -69,14 +81,18 @@ func (b *buildSet) get(t testing.TB) map[string]string {
 	return b.paths
 }
 
-// buildRace builds each main package with -race into a new temporary
-// directory and returns the binaries' paths by package.
-func buildRace(pkgs []string) (map[string]string, error) {
+// build builds each main package (with -race when race) into a new
+// temporary directory and returns the binaries' paths by package.
+func build(pkgs []string, race bool) (map[string]string, error) {
 	dir, err := os.MkdirTemp("", "tokenproxy-bin-")
 	if err != nil {
 		return nil, fmt.Errorf("build: %w", err)
 	}
-	args := append([]string{"build", "-race", "-o", dir + string(filepath.Separator)}, pkgs...)
+	args := []string{"build"}
+	if race {
+		args = append(args, "-race")
+	}
+	args = append(append(args, "-o", dir+string(filepath.Separator)), pkgs...)
 	out, err := exec.Command("go", args...).CombinedOutput()
 	if err != nil {
 		os.RemoveAll(dir)

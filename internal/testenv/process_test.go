@@ -23,7 +23,7 @@ import (
 
 // sleeperBuild builds testdata/sleeper, the stand-in server, with the same
 // helper as Binaries.
-var sleeperBuild = &buildSet{pkgs: []string{"./testdata/sleeper"}}
+var sleeperBuild = &buildSet{pkgs: []string{"./testdata/sleeper"}, race: true}
 
 func sleeper(t *testing.T) string {
 	t.Helper()
@@ -148,7 +148,7 @@ func runRecorded(t *testing.T, bin string, env []string, args ...string) (int, s
 }
 
 func TestBuildFailure(t *testing.T) {
-	b := &buildSet{pkgs: []string{"./testdata/sleeper", "./testdata/no-such-command"}}
+	b := &buildSet{pkgs: []string{"./testdata/sleeper", "./testdata/no-such-command"}, race: true}
 	for i := range 2 {
 		rt := newRecordingTB(t)
 		rt.run(func() { b.get(rt) })
@@ -163,7 +163,7 @@ func TestBuildFailure(t *testing.T) {
 }
 
 func TestBuildNotMain(t *testing.T) {
-	b := &buildSet{pkgs: []string{"github.com/tokenproxy/tokenproxy/wallet"}}
+	b := &buildSet{pkgs: []string{"github.com/tokenproxy/tokenproxy/wallet"}, race: true}
 	rt := newRecordingTB(t)
 	rt.run(func() { b.get(rt) })
 	if errs, _ := rt.text(); !rt.fatal || !strings.Contains(errs, "wallet") {
@@ -561,7 +561,7 @@ func TestWalletsim(t *testing.T) {
 	if !hasMain(t, walletsimPkg) {
 		t.Fatal("cmd/walletsim is not a main package")
 	}
-	bin := (&buildSet{pkgs: []string{walletsimPkg}}).get(t)[walletsimPkg]
+	bin := (&buildSet{pkgs: []string{walletsimPkg}, race: true}).get(t)[walletsimPkg]
 	keys := WriteKeyFiles(t)
 	addr := FreeAddr(t)
 	p := Start(t, "walletsim", bin, []string{

@@ -375,6 +375,11 @@ func (s *Server) replyBody(w http.ResponseWriter, uri, clientID string, status i
 	h := w.Header()
 	h.Set("Content-Type", "application/json; charset=UTF-8")
 	h.Set(wallet.HeaderResponseTime, rt)
+	// The real wallet names the client it signed for, and the wallet's SDKs
+	// verify the answer with it.
+	if clientID != "" {
+		h.Set(wallet.HeaderClientID, clientID)
+	}
 	if sig, err := wallet.Sign(s.key, content); err == nil {
 		h.Set(wallet.HeaderSignature, wallet.FormatSignatureHeader(ResponseKeyVersion, sig))
 	} else {
