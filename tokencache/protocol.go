@@ -176,29 +176,12 @@ func (j JournalEntry) For(rth string, now time.Time) bool {
 	return j.Kind != 0 && j.RefreshTokenHash == rth && now.Before(j.At.Add(JournalTTL))
 }
 
-// Refresh-protocol errors.
-var (
-	// ErrLeaseHeld: another live lease exists (see *LeaseHeldError).
-	ErrLeaseHeld = errors.New("tokencache: customer is being refreshed")
-	// ErrBackoff: the customer is in its cooldown (see *BackoffError).
-	ErrBackoff = errors.New("tokencache: customer is cooling down")
-	// ErrLeaseLost: the lease named is no longer held.
-	ErrLeaseLost = errors.New("tokencache: lease lost")
-	// ErrNotActive: the record is reauthorization_required.
-	ErrNotActive = errors.New("tokencache: customer needs reauthorization")
-)
-
 // LeaseHeldError is ErrLeaseHeld with the holder and its lease's
 // remaining life when the claim was refused.
 type LeaseHeldError struct {
 	Owner string
 	TTL   time.Duration
 }
-
-func (e *LeaseHeldError) Error() string {
-	return "tokencache: customer is being refreshed by " + e.Owner
-}
-func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
 
 // BackoffError is ErrBackoff with the rest of the cooldown and the code of
 // the failure that caused it.
@@ -207,6 +190,10 @@ type BackoffError struct {
 	LastError string
 }
 
+func (e *LeaseHeldError) Error() string {
+	return "tokencache: customer is being refreshed by " + e.Owner
+}
+func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
 func (e *BackoffError) Error() string {
 	return "tokencache: customer is cooling down after " + e.LastError
 }

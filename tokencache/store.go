@@ -121,6 +121,16 @@ var (
 	// time. The errors it wraps (network, context) stay reachable with
 	// errors.Is / errors.As.
 	ErrUnavailable = errors.New("tokencache: store unavailable")
+
+	// The refresh protocol's refusals (protocol.go):
+	// ErrLeaseHeld: another live lease exists (see *LeaseHeldError);
+	// ErrBackoff: the customer is in its cooldown (see *BackoffError);
+	// ErrLeaseLost: the lease named is no longer held; ErrNotActive: the
+	// record is reauthorization_required.
+	ErrLeaseHeld = errors.New("tokencache: customer is being refreshed")
+	ErrBackoff   = errors.New("tokencache: customer is cooling down")
+	ErrLeaseLost = errors.New("tokencache: lease lost")
+	ErrNotActive = errors.New("tokencache: customer needs reauthorization")
 )
 
 // Store keeps one Entry per customer and applies the protocol's decisions
