@@ -2,6 +2,8 @@ package refresher
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -54,11 +56,11 @@ var plantedBugs = map[string]func(d tokencache.Decision) tokencache.Decision{
 			if e.Record == nil && e.Tombstone > 0 {
 				e.Record = &tokencache.Record{CustomerID: d.Lease.CustomerID, ExchangePath: "/v1/authorizations/applyToken",
 					RefreshTokenHash: d.Lease.RefreshTokenHash, Generation: e.Tombstone}
-				if w, err := apply(e, now); err != nil || e.Record.Journal.Kind != tokencache.Refreshed {
+				w, err := apply(e, now)
+				if err != nil || e.Record.Journal.Kind != tokencache.Refreshed {
 					return false, tokencache.ErrNotFound
-				} else {
-					return w, nil
 				}
+				return w, nil
 			}
 			return apply(e, now)
 		}
@@ -96,7 +98,8 @@ func (s bugStore) Update(ctx context.Context, id string, d tokencache.Decision) 
 // the default number of histories.
 func TestPlantedBugsCaught(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, env *smEnv) {
-		for name, plant := range plantedBugs {
+		for _, name := range slices.Sorted(maps.Keys(plantedBugs)) {
+			plant := plantedBugs[name]
 			t.Run(name, func(t *testing.T) {
 				env.wrap = func(s tokencache.Store) tokencache.Store { return bugStore{Store: s, plant: plant} }
 				defer func() { env.wrap = nil }()
