@@ -15,9 +15,10 @@ import (
 // The refresh protocol, as design.md lays it down ("Exactly one refresh per
 // refresh token"):
 //
-//  1. Claim: a lease plus an intent in the store, in one script, only if
-//     no live lease exists and the record still holds the refresh token we
-//     read (by generation). The store's clock decides.
+//  1. Claim: a lease plus an intent in the store, in one atomic step
+//     (tokencache.Claim), only if no live lease exists and the record still
+//     holds the refresh token we read (by generation). The store's clock
+//     decides.
 //  2. Call: the wallet call runs under a deadline that ends a margin before
 //     the lease could lapse; a watchdog renews the lease every lease/3 and
 //     moves the deadline on each confirmed renewal. A renewal that fails
@@ -28,7 +29,8 @@ import (
 //     be held. An S pair the store cannot take is kept in memory and
 //     written when the store is back (pending.go).
 //  4. Waiters on any replica are woken through the store's Watch and poll
-//     as a fallback, each bounded by its own deadline.
+//     as a fallback, each bounded by its own deadline; one whose awaited
+//     presentation failed replays that outcome from the journal.
 //  5. Unknown outcomes keep the intent: the next claimer presents the same
 //     token once more; USED_REFRESH_TOKEN then is a lost rotation.
 //  6. Only INVALID/EXPIRED/USED_REFRESH_TOKEN end a customer; every other

@@ -4,8 +4,10 @@
 // has expired (the caller waits) or is due (in the background, and ahead of
 // time by the scheduler, without app traffic), and handles a token the
 // wallet rejected. Across replicas sharing a store, a refresh runs under a
-// lease claimed in the store (see refresh.go); within a process, callers of
-// one customer join one refresh.
+// lease claimed in the store: the protocol's steps are tokencache's
+// decisions (tokencache.Claim, Renew, Release, Complete over a
+// tokencache.Store), and this package decides when to take them (see
+// refresh.go); within a process, callers of one customer join one refresh.
 package refresher
 
 import (
