@@ -184,33 +184,33 @@ sync-alerts:
 # --- Release binaries: bin/release/ -----------------------------------------
 # release: tokenproxy and walletsim for every RELEASE_PLATFORMS, static (no
 # cgo), -trimpath, VERSION stamped (`tokenproxy version`, `walletsim
-# version`), built by the same scripts as the images (deploy/build-static.sh,
-# deploy/walletsim/build-static.sh), into bin/release/NAME-OS-ARCH.
+# version`), built by the same script as the images (deploy/build-static.sh),
+# into bin/release/NAME-OS-ARCH.
 # check-release (in make test): the linux/arm64 build compiles and links, and
 # the binaries say they are static, trimmed, arm64 and stamped.
 RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
-RELEASE_SCRIPTS   := tokenproxy=deploy/build-static.sh walletsim=deploy/walletsim/build-static.sh
+RELEASE_CMDS      := tokenproxy walletsim
 .PHONY: release check-release
 
 release: check-go
 	@set -e; mkdir -p $(BIN)/release; \
 	for p in $(RELEASE_PLATFORMS); do \
-	  for ns in $(RELEASE_SCRIPTS); do \
-	    out=$(BIN)/release/$${ns%%=*}-$${p%/*}-$${p#*/}; \
+	  for c in $(RELEASE_CMDS); do \
+	    out=$(BIN)/release/$$c-$${p%/*}-$${p#*/}; \
 	    echo "$$out ($(VERSION))"; \
-	    GOOS=$${p%/*} GOARCH=$${p#*/} VERSION=$(VERSION) $${ns#*=} $$out; \
+	    GOOS=$${p%/*} GOARCH=$${p#*/} VERSION=$(VERSION) deploy/build-static.sh $$out $$c; \
 	  done; \
 	done
 
 check-release: check-go
 	@set -e; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
-	for ns in $(RELEASE_SCRIPTS); do \
-	  bin=$$dir/$${ns%%=*}; \
-	  GOOS=linux GOARCH=arm64 VERSION=check-release $${ns#*=} $$bin; \
+	for c in $(RELEASE_CMDS); do \
+	  bin=$$dir/$$c; \
+	  GOOS=linux GOARCH=arm64 VERSION=check-release deploy/build-static.sh $$bin $$c; \
 	  info=$$($(GO) version -m $$bin); \
 	  for want in 'GOARCH=arm64' 'GOOS=linux' 'CGO_ENABLED=0' '-trimpath=true'; do \
-	    grep -qF -- "$$want" <<<"$$info" || { echo "$${ns%%=*} linux/arm64: no $$want in its build info:"; echo "$$info"; exit 1; }; \
+	    grep -qF -- "$$want" <<<"$$info" || { echo "$$c linux/arm64: no $$want in its build info:"; echo "$$info"; exit 1; }; \
 	  done; \
-	  grep -aqF 'check-release' $$bin || { echo "$${ns%%=*} linux/arm64: VERSION is not stamped in the binary"; exit 1; }; \
-	  echo "$${ns%%=*} linux/arm64: builds static, trimmed, stamped: ok"; \
+	  grep -aqF 'check-release' $$bin || { echo "$$c linux/arm64: VERSION is not stamped in the binary"; exit 1; }; \
+	  echo "$$c linux/arm64: builds static, trimmed, stamped: ok"; \
 	done

@@ -59,15 +59,16 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 		replay[m.key] = m.raw
 	}
 	ex := refresher.Exchange{Path: c.target.path, Replay: replay, Pair: pair}
+	var handles []wallet.Secret
 	if h.cfg.Handles {
 		ex.AccessHandle, ex.RefreshHandle = newHandle(pair.CustomerID), newHandle(pair.CustomerID)
-		resp.Body = answer.app.withHandles(ex.AccessHandle, ex.RefreshHandle).marshal()
+		handles = []wallet.Secret{ex.AccessHandle, ex.RefreshHandle}
 	}
 	if err := h.cfg.Tokens.Install(c.r.Context(), ex); err != nil {
 		return err
 	}
 	h.log.Info("authorization code exchanged", append([]any{"customer", pair.CustomerID, "access_token_expiry", pair.AccessTokenExpiry}, logIDs(c.pass)...)...)
-	h.writeWalletResponse(w, c, resp, answer.forms()) // the pair's tokens and any other
+	h.writeWalletResponse(w, c, resp, answer.forms(), handles...) // the pair's tokens and any other
 	return nil
 }
 

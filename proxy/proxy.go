@@ -307,7 +307,11 @@ func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
 // of every token field; when anything was redacted the signature headers,
 // which no longer match, are dropped and tokenproxy_redactions_total counts
 // it.
-func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wallet.Response, forms secretForms) {
+//
+// handles, on an exchange answer of TOKENPROXY_APP_TOKENS=handles, are the
+// app's new handles, added after the scrub: a wallet answer itself never
+// carries a token field with a value, a handle-shaped one included.
+func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wallet.Response, forms secretForms, handles ...wallet.Secret) {
 	hdr := w.Header()
 	for _, k := range []string{"Content-Type", wallet.HeaderClientID, wallet.HeaderResponseTime, wallet.HeaderSignature} {
 		if v := resp.Header.Get(k); v != "" {
@@ -315,6 +319,11 @@ func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wall
 		}
 	}
 	body, hit := scrub(resp.Body, hdr, forms)
+	if len(handles) == 2 {
+		if obj, err := parseObject(body); err == nil { // scrub keeps a JSON object one
+			body = obj.withHandles(handles[0], handles[1]).marshal()
+		}
+	}
 	if hit {
 		hdr.Del(wallet.HeaderSignature)
 		hdr.Del(wallet.HeaderResponseTime)

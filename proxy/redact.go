@@ -17,7 +17,8 @@ import (
 const redacted = "[redacted]"
 
 // handlePrefix marks the opaque handles of TOKENPROXY_APP_TOKENS=handles,
-// the only non-empty values a token field of an answer may hold.
+// the only non-empty values a token field of an answer to the app holds
+// (the proxy's own, never one a wallet answer carried).
 const handlePrefix = "tph_"
 
 // secretForms are the encodings of one token a wallet answer could carry:
@@ -81,9 +82,10 @@ func (fs secretForms) replace(s string) (string, bool) {
 // scrub makes a wallet answer safe to return to the app: no form of the
 // given tokens in the body (raw or JSON-unescaped) or in the headers, and
 // no token field (accessToken, refreshToken, in any letter case, at any
-// depth) holding anything but a handle. It returns the body to send and
-// whether anything was redacted; on a hit the caller drops the signature
-// headers, which no longer match. A body that is not JSON is searched raw.
+// depth) holding a value (the proxy adds the app's handles itself, after).
+// It returns the body to send and whether anything was redacted; on a hit
+// the caller drops the signature headers, which no longer match. A body
+// that is not JSON is searched raw.
 func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 	hit := false
 	for k, vs := range hdr {
@@ -209,7 +211,7 @@ func scrubValue(v any, forms secretForms) (any, bool) {
 				changed = true
 			}
 			if isTokenField(k) {
-				if s, ok := val.(string); ok && (s == "" || wellFormedHandle(s)) {
+				if s, ok := val.(string); ok && s == "" {
 					continue
 				}
 				t[k] = redacted
@@ -223,14 +225,6 @@ func scrubValue(v any, forms secretForms) (any, bool) {
 		return t, changed
 	}
 	return v, false
-}
-
-// wellFormedHandle: a value shaped as newHandle makes them. A wallet
-// writing "tph_" before another customer's token must not get it past the
-// token-field rule as a handle.
-func wellFormedHandle(s string) bool {
-	_, ok := handleCustomer(s)
-	return ok
 }
 
 func isTokenField(k string) bool {

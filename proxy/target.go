@@ -60,9 +60,13 @@ func parseTarget(r *http.Request, prefix string) (target, error) {
 	return target{path: path, query: rawQuery}, nil
 }
 
+// maxPath is the longest path accepted: wallet API paths are short, and
+// nothing longer is worth signing and forwarding.
+const maxPath = 1024
+
 // canonical reports whether p is a canonical wallet path.
 func canonical(p string) bool {
-	if len(p) < 2 || p[0] != '/' {
+	if len(p) < 2 || len(p) > maxPath || p[0] != '/' {
 		return false
 	}
 	for seg := range strings.SplitSeq(p[1:], "/") {
@@ -89,6 +93,9 @@ func pathByte(c byte) bool {
 // later). A decoded % would be read differently by anything that decoded
 // the path again, and no admin path or customer id holds one.
 func validAdminRest(rest string) bool {
+	if len(rest) > maxPath {
+		return false
+	}
 	if rest == "" {
 		return true
 	}

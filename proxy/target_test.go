@@ -31,6 +31,7 @@ func TestParseTarget(t *testing.T) {
 		"/v1/a%09", "/v1/a%20b", "/v1/é", "/v1/%C3%A9", "/v1/a%2Fb", "/v1/a%2fb", "/v1/a%zz", "/v1/a/", "/",
 		"/v1/a?b#c", "/v1/a?b=%00\x01", "*", "http://evil.example/v1/a", "/tokenproxy/customers/a%3Fb",
 		"/tokenproxy/customers/../x", "/tokenproxy//customers", "/v1/a@b", "/v1/a!b", "/v1/a$b", "/v1/a'b",
+		"/v1/" + strings.Repeat("a", 1021),
 	}
 	for _, tt := range tests {
 		r := &http.Request{RequestURI: tt.uri}

@@ -44,7 +44,7 @@ func TestDockerfileUsesTheBuildScript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=", "./cmd/tokenproxy"} {
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=", "./cmd/$cmd", "cmd=${2:-tokenproxy}"} {
 		if !strings.Contains(string(script), want) {
 			t.Errorf("deploy/build-static.sh lacks %s", want)
 		}
