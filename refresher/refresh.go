@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -216,11 +217,14 @@ func (r *Refresher) wait(ctx context.Context, watch <-chan struct{}, d time.Dura
 func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, claimedAt time.Time, trigger string) (*tokencache.Record, error) {
 	ctx := r.calls
 	body, err := wallet.RefreshBody(wallet.Secret(rec.RefreshToken.Reveal()), rec.Replay)
+	if err == nil && len(r.cfg.TokenPaths) > 0 && !slices.Contains(r.cfg.TokenPaths, rec.ExchangePath) {
+		err = fmt.Errorf("%w: the record's exchange path is not a token path", tokencache.ErrCorrupt)
+	}
 	if err != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
 		_ = tokencache.Release(rctx, r.cfg.Store, lease)
 		cancel()
-		return nil, fmt.Errorf("build refresh body: %w", err)
+		return nil, fmt.Errorf("prepare the refresh: %w", err)
 	}
 	callCtx, cancel := context.WithTimeout(ctx, r.cfg.UpstreamTimeout)
 	wd := r.watch(callCtx, cancel, lease, claimedAt)

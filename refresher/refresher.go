@@ -72,6 +72,10 @@ type Wallet interface {
 type Config struct {
 	Store  Store
 	Wallet Wallet
+	// TokenPaths, when set, are the only paths a refresh token is
+	// presented to: a record naming another path (damaged or written by
+	// hand) is refused as corrupt, before any wallet call.
+	TokenPaths []string
 	// Owner names this replica in leases; a random id when empty.
 	Owner string
 	// RefreshBefore: a token is due this long before its expiry, less a

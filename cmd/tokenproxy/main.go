@@ -147,6 +147,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	ref := refresher.New(refresher.Config{
 		Store:           store,
 		Wallet:          client,
+		TokenPaths:      cfg.TokenPaths,
 		RefreshBefore:   cfg.RefreshBefore,
 		RefreshJitter:   cfg.RefreshJitter,
 		RefreshRate:     cfg.RefreshRate,
