@@ -130,6 +130,18 @@ func (h *harness) exchangeTTL(p *proxyProc, customerID, accessTTL string) {
 	}
 }
 
+// authCodeWith gets a code for the /sim/authcodes request req.
+func (h *harness) authCodeWith(req map[string]string) string {
+	h.t.Helper()
+	raw, _ := json.Marshal(req)
+	var out struct{ AuthCode string }
+	status, body, _ := do(h.t, "POST", h.simURL+"/sim/authcodes", string(raw), nil)
+	if status != 200 || json.Unmarshal(body, &out) != nil || out.AuthCode == "" {
+		h.t.Fatalf("authcode: %d %s", status, body)
+	}
+	return out.AuthCode
+}
+
 // authCodeChain is authCodeTTL with the refresh tokens' lifetime too
 // (walletsim's defaults for empty values).
 func (h *harness) authCodeChain(customerID, accessTTL, refreshTTL string) string {

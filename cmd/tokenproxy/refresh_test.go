@@ -878,7 +878,13 @@ func TestRefreshOutcomes(t *testing.T) {
 	}
 	idOf := func(c outcome) string { return "out-" + strings.ReplaceAll(c.name, " ", "-") }
 	for _, c := range cases {
-		h.exchangeTTL(p, idOf(c), "2s")
+		// Expired when its case runs; a refreshed successor lives ten
+		// minutes, so "valid after S" holds however loaded the machine.
+		code := h.authCodeWith(map[string]string{"customerId": idOf(c), "accessTtl": "2s", "refreshedAccessTtl": "10m"})
+		if status, body, _ := do(t, "POST", p.url+"/v1/authorizations/applyToken",
+			`{"grantType":"AUTHORIZATION_CODE","authCode":"`+code+`"}`, nil); status != 200 || resultCode(body) != "SUCCESS" {
+			t.Fatalf("exchange: %d %s", status, body)
+		}
 	}
 	for _, c := range cases {
 		waitStatus(t, p, idOf(c), 20*time.Second, "expired", stateIs(stateExpired), refreshedAhead)

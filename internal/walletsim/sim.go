@@ -108,6 +108,12 @@ func ttl(name, v string, def time.Duration) (time.Duration, error) {
 type chainRequest struct {
 	AccessTTL  string `json:"accessTtl"`
 	RefreshTTL string `json:"refreshTtl"`
+	// RefreshedAccessTTL is the access TTL of the pairs refreshed from the
+	// first one (empty: accessTtl), so a benchmark can seed tokens due soon
+	// whose refreshed successors are not due again, and a test can start
+	// with an expired token whose successor stays valid however slow the
+	// machine.
+	RefreshedAccessTTL string `json:"refreshedAccessTtl"`
 }
 
 func (s *Server) chain(c chainRequest) (lifetimes, error) {
@@ -119,7 +125,11 @@ func (s *Server) chain(c chainRequest) (lifetimes, error) {
 	if err != nil {
 		return lifetimes{}, err
 	}
-	return lifetimes{access: a, refresh: rt}, nil
+	next, err := ttl("refreshedAccessTtl", c.RefreshedAccessTTL, 0)
+	if err != nil {
+		return lifetimes{}, err
+	}
+	return lifetimes{access: a, refresh: rt, nextAccess: next}, nil
 }
 
 // NewAuthCode makes an authorization code for customerID (the user's
@@ -186,10 +196,6 @@ func (s *Server) simSeed(w http.ResponseWriter, r *http.Request) {
 		Prefix *string `json:"prefix"`
 		Start  int     `json:"start"`
 		chainRequest
-		// RefreshedAccessTTL is the access TTL of the pairs refreshed from
-		// the seeded ones (empty: accessTtl), so a benchmark can seed
-		// tokens due soon whose refreshed successors are not due again.
-		RefreshedAccessTTL string `json:"refreshedAccessTtl"`
 	}
 	if err := decodeSim(w, r, &req); err != nil {
 		simError(w, http.StatusBadRequest, err.Error())
@@ -216,10 +222,6 @@ func (s *Server) simSeed(w http.ResponseWriter, r *http.Request) {
 	}
 	ch, err := s.chain(req.chainRequest)
 	if err != nil {
-		simError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	if ch.nextAccess, err = ttl("refreshedAccessTtl", req.RefreshedAccessTTL, 0); err != nil {
 		simError(w, http.StatusBadRequest, err.Error())
 		return
 	}
