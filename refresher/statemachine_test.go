@@ -474,7 +474,9 @@ type smCall struct {
 	ended  bool
 	known  bool   // S or a refresh-token F reached the presenter
 	result string // what the presenter got
-	decide chan smDecision
+	// knownAt is when an S reached the presenter.
+	knownAt time.Time
+	decide  chan smDecision
 }
 
 type smDecision struct {
@@ -940,6 +942,18 @@ func (p smPort) ApplyToken(ctx context.Context, path string, body []byte, _ http
 	}
 }
 
+// stalledHolder: prev got S for tok at least two leases before now and has
+// not written it. Its lease ended at most one lease after its last renewal,
+// which came before the S reached it, and the grace a lapsed holder gets
+// is one more lease: another replica may then claim the customer and
+// present tok once more (design.md steps 3 and 5). A holder stalled that
+// long between receiving S and writing it (the checker saw 260 ms under
+// -race at a load of 10, with 150 ms leases) is, to the protocol, one that
+// crashed; production leases are 5 s.
+func stalledHolder(prev *smCall, tok *smToken, now time.Time) bool {
+	return prev.result == "S" && !tok.sWritten && !prev.knownAt.IsZero() && now.Sub(prev.knownAt) > 2*smLease
+}
+
 // present records a presentation and checks invariants 1, 2 and 7 against
 // the earlier ones.
 func (h *smHistory) present(in *smInst, rt string) *smCall {
@@ -959,6 +973,9 @@ func (h *smHistory) present(in *smInst, rt string) *smCall {
 		switch {
 		case !prev.ended:
 			h.violate(1, "%s presents %s while %s's presentation #%d of it is still in flight: two presenters at once", in.name, alias, prev.inst.name, prev.nth)
+		case prev.known && stalledHolder(prev, tok, now):
+			h.logf("    (allowed: %s got S for %s %.0fms ago and has not written it: past any lease and grace it held, the limit of design.md step 3 for a stalled holder, as for a crashed one)",
+				prev.inst.name, alias, float64(now.Sub(prev.knownAt).Microseconds())/1000)
 		case prev.known && !(prev.inst.crashed && prev.inst.crashedAt.Before(now)):
 			h.violate(1, "%s presents %s again after %s got a known outcome for it (%s)", in.name, alias, prev.inst.name, prev.result)
 		}
@@ -1027,7 +1044,7 @@ func (h *smHistory) answer(c *smCall, d smDecision, late bool) (*wallet.TokenRes
 			resp = &wallet.TokenResponse{CustomerID: h.custs[p.cust].id, AccessToken: wallet.Secret(p.access),
 				AccessTokenExpiry: p.expiry, RefreshToken: wallet.Secret(p.refresh)}
 			p.deliver, p.to, p.inMemory = true, c.inst, true
-			c.known, c.result = true, "S"
+			c.known, c.result, c.knownAt = true, "S", time.Now()
 			h.logf("  wallet: %s gets S for %s: new pair %s (access token %s)", c.inst.name, alias, p.alias, ttlNames[d.ttl])
 		case d.a == ansS && !late:
 			err = fcode(code)
