@@ -89,6 +89,18 @@ func (fs secretForms) in(b []byte) bool {
 	return false
 }
 
+// inString is in for a string, without converting it.
+func (fs secretForms) inString(s string) bool {
+	for _, f := range fs {
+		for i := 0; i+len(f) <= len(s); i++ {
+			if s[i] == f[0] && s[i:i+len(f)] == string(f) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (fs secretForms) replace(s string) (string, bool) {
 	hit := false
 	for _, f := range fs {
@@ -110,7 +122,7 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 	hit := false
 	for k, vs := range hdr {
 		for _, v := range vs {
-			if forms.in([]byte(v)) {
+			if forms.inString(v) {
 				delete(hdr, k)
 				hit = true
 				break

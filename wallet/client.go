@@ -162,9 +162,9 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		return nil, err
 	}
 
-	target := *c.BaseURL
-	target.Path, target.RawPath, target.RawQuery, target.Fragment = "", "", "", ""
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.String()+uri, bytes.NewReader(body))
+	// The wallet's scheme and host, then the signed URI: nothing from the
+	// caller can name another host (path begins with /).
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.BaseURL.Scheme+"://"+c.BaseURL.Host+uri, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("build wallet request: %w", err)
 	}
