@@ -10,9 +10,11 @@ TEST_FLAGS  ?= -race -count=1 -timeout 40m
 # BENCH_FLAGS: flags of internal/bench/refresh, e.g. a quick try:
 #   make bench BENCH_FLAGS='-customers 2000 -window 1m -lead 20s -jitter 5s'
 BENCH_FLAGS ?=
+# BENCH_PROXY_FLAGS: flags of internal/bench/proxy, e.g. -duration 5s -rounds 5
+BENCH_PROXY_FLAGS ?=
 SOAK_FLAGS  ?=
 
-.PHONY: all build demo run test lint bench bench-go soak check-go check-redis clean \
+.PHONY: all build demo run test lint bench bench-go bench-proxy soak check-go check-redis clean \
         test-monitoring check-promtool
 
 all: build
@@ -92,9 +94,19 @@ bench: build check-redis
 soak: build check-redis
 	$(GO) run ./internal/soak -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim $(SOAK_FLAGS)
 
-# bench-go: the Go micro-benchmarks.
+# bench-go: the Go micro-benchmarks (the hot path's pieces: proxy's body
+# rewrite and handler, wallet's sign, verify and call; docs/benchmarks.md).
 bench-go: check-go check-redis
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# bench-proxy: tokenproxy side by side with a do-it-yourself signing proxy
+# and a bare two-hop proxy, memory and Redis stores, wallet over HTTP and
+# HTTPS, TCP and Unix socket (docs/benchmarks.md); about 3 minutes.
+bench-proxy: build check-redis
+	$(GO) build -o $(BIN)/bench-diy ./internal/bench/proxy/diy
+	$(GO) build -o $(BIN)/bench-bare ./internal/bench/proxy/bare
+	$(GO) run ./internal/bench/proxy -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim \
+	  -diy $(BIN)/bench-diy -bare $(BIN)/bench-bare $(BENCH_PROXY_FLAGS)
 
 clean:
 	rm -rf $(BIN)
