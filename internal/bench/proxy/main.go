@@ -75,6 +75,7 @@ type config struct {
 	stores      string
 	wallets     string
 	tokenproxy  string
+	baseline    string
 	walletsim   string
 	diy         string
 	bare        string
@@ -91,6 +92,7 @@ func main() {
 	flag.StringVar(&c.stores, "stores", "memory,redis", "tokenproxy stores to measure")
 	flag.StringVar(&c.wallets, "wallets", "http,https", "ways to reach the wallet")
 	flag.StringVar(&c.tokenproxy, "tokenproxy", "bin/tokenproxy", "tokenproxy binary")
+	flag.StringVar(&c.baseline, "baseline", "", "another tokenproxy binary (an earlier build) measured in the same rounds as \"A0 baseline\"; empty: none")
 	flag.StringVar(&c.walletsim, "walletsim", "bin/walletsim", "walletsim binary")
 	flag.StringVar(&c.diy, "diy", "bin/bench-diy", "the do-it-yourself signing proxy (internal/bench/proxy/diy)")
 	flag.StringVar(&c.bare, "bare", "bin/bench-bare", "the bare two-hop proxy (internal/bench/proxy/bare)")
@@ -127,7 +129,10 @@ func (c *config) check() error {
 			return fmt.Errorf("-wallets: %q is neither http nor https", w)
 		}
 	}
-	for _, bin := range []*string{&c.tokenproxy, &c.walletsim, &c.diy, &c.bare} {
+	for _, bin := range []*string{&c.tokenproxy, &c.baseline, &c.walletsim, &c.diy, &c.bare} {
+		if *bin == "" && bin == &c.baseline {
+			continue
+		}
 		abs, err := filepath.Abs(*bin)
 		if err != nil {
 			return err
@@ -416,7 +421,18 @@ func (b *bench) runGroup(ctx context.Context, store, scheme string) (*groupResul
 		listeners = append(listeners, "unix")
 	}
 	for _, l := range listeners {
-		v, err := b.startTokenproxy(ctx, name("tokenproxy-"+l), store, walletURL, l, extraEnv)
+		label := "A tokenproxy"
+		if l == "unix" {
+			label = "A tokenproxy unix"
+		}
+		v, err := b.startTokenproxy(ctx, c.tokenproxy, label, name("tokenproxy-"+l), store, walletURL, l, extraEnv)
+		if err != nil {
+			return nil, err
+		}
+		g.variants = append(g.variants, v)
+	}
+	if c.baseline != "" {
+		v, err := b.startTokenproxy(ctx, c.baseline, "A0 baseline", name("baseline"), store, walletURL, "tcp", extraEnv)
 		if err != nil {
 			return nil, err
 		}
@@ -514,7 +530,7 @@ func jsonHeader() http.Header {
 
 // startTokenproxy starts one tokenproxy, exchanges the benchmark's
 // customer through it and returns its variant, ready time included.
-func (b *bench) startTokenproxy(ctx context.Context, name, store, walletURL, listener string, extraEnv []string) (*variant, error) {
+func (b *bench) startTokenproxy(ctx context.Context, bin, label, name, store, walletURL, listener string, extraEnv []string) (*variant, error) {
 	c := b.cfg
 	ports, err := freePorts(2)
 	if err != nil {
@@ -541,7 +557,7 @@ func (b *bench) startTokenproxy(ctx context.Context, name, store, walletURL, lis
 		env = append(env, "TOKENPROXY_REDIS_URL=redis://"+b.redisAddr+"/0",
 			"TOKENPROXY_ENCRYPTION_KEYS="+b.encKey, "TOKENPROXY_KEY_PREFIX="+name+":")
 	}
-	p, err := b.startProc(name, c.tokenproxy, nil, env)
+	p, err := b.startProc(name, bin, nil, env)
 	if err != nil {
 		return nil, err
 	}
@@ -572,10 +588,6 @@ func (b *bench) startTokenproxy(ctx context.Context, name, store, walletURL, lis
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !bytes.Contains(body, success) {
 		return nil, fmt.Errorf("exchange through %s: %d %s", name, resp.StatusCode, body)
-	}
-	label := "A tokenproxy"
-	if listener == "unix" {
-		label = "A tokenproxy unix"
 	}
 	h := jsonHeader()
 	h.Set("X-Customer-Id", customer)
