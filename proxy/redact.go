@@ -89,11 +89,16 @@ func (fs secretForms) in(b []byte) bool {
 	return false
 }
 
-// inString is in for a string, without converting it.
+// inString is in for a string, without converting it (the comparison
+// below does not allocate).
 func (fs secretForms) inString(s string) bool {
 	for _, f := range fs {
 		for i := 0; i+len(f) <= len(s); i++ {
-			if s[i] == f[0] && s[i:i+len(f)] == string(f) {
+			j := strings.IndexByte(s[i:len(s)-len(f)+1], f[0])
+			if j < 0 {
+				break
+			}
+			if i += j; s[i:i+len(f)] == string(f) {
 				return true
 			}
 		}

@@ -182,3 +182,12 @@ func TestFormsOfMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+func TestFormsInString(t *testing.T) {
+	forms := formsOf("tok-1", "a+b/c")
+	for _, s := range []string{"", "t", "tok-", "tok-1", "xtok-1", "xxtok-tok-1y", "tok-2", "ttttok-", "a+b/c", "a%2Bb%2Fc=", "YSti", "YStiL2M=", "algorithm=RSA256,signature=dG9rLTE"} {
+		if got, want := forms.inString(s), forms.in([]byte(s)); got != want {
+			t.Errorf("inString(%q) = %v, in = %v", s, got, want)
+		}
+	}
+}
