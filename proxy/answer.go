@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
@@ -22,6 +23,43 @@ type exchangeAnswer struct {
 	// app is the answer for the app: the allow-listed members, the result
 	// rebuilt from its three fields.
 	app object
+	// tokens are the values of every token field of the answer (any letter
+	// case, any depth), the pair's among them: whatever the outcome, F and
+	// U included, the answer sent to the app is scrubbed of them, as an
+	// allow-listed member (extendInfo) may echo one.
+	tokens []wallet.Secret
+}
+
+// forms are the forms of the answer's tokens, to scrub from what the app
+// receives.
+func (a *exchangeAnswer) forms() secretForms { return formsOf(a.tokens...) }
+
+// tokenValues returns the string values of the token fields of a body
+// parseObject accepted (so its keys are unique and decoding loses nothing).
+func tokenValues(body []byte) []wallet.Secret {
+	var v any
+	if json.Unmarshal(body, &v) != nil {
+		return nil
+	}
+	var out []wallet.Secret
+	var walk func(any)
+	walk = func(v any) {
+		switch t := v.(type) {
+		case map[string]any:
+			for k, val := range t {
+				if s, ok := val.(string); ok && s != "" && isTokenField(k) {
+					out = append(out, wallet.Secret(s))
+				}
+				walk(val)
+			}
+		case []any:
+			for _, e := range t {
+				walk(e)
+			}
+		}
+	}
+	walk(v)
+	return out
 }
 
 // readExchangeAnswer parses body strictly (one JSON object, no duplicate
@@ -34,7 +72,7 @@ func readExchangeAnswer(body []byte) (*exchangeAnswer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: exchange answer: %v", wallet.ErrMalformed, bodyReason(err))
 	}
-	a := &exchangeAnswer{}
+	a := &exchangeAnswer{tokens: tokenValues(body)}
 	if raw, ok := obj.get("result"); ok {
 		var res wallet.Result
 		if err := json.Unmarshal(raw, &res); err != nil {
@@ -70,6 +108,11 @@ func readExchangeAnswer(body []byte) (*exchangeAnswer, error) {
 	}
 	if f[1] == "" || f[2] == "" {
 		return nil, fmt.Errorf("%w: token missing", wallet.ErrMalformed)
+	}
+	// The customer id goes into log lines, Redis key names and admin
+	// paths: one that holds a token would carry it there.
+	if strings.Contains(f[0], f[1]) || strings.Contains(f[0], f[2]) {
+		return nil, fmt.Errorf("%w: customerId holds a token", wallet.ErrMalformed)
 	}
 	pair := &wallet.TokenResponse{CustomerID: f[0], AccessToken: wallet.Secret(f[1]), RefreshToken: wallet.Secret(f[2])}
 	if pair.AccessTokenExpiry, err = wallet.ParseDateTime(f[3]); err != nil {

@@ -46,7 +46,7 @@ func BenchmarkBodyRewrite(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				obj = obj.without("accessToken", "refreshToken")
+				obj = obj.withoutTokenFields()
 				obj, err = obj.with(bc.field, benchToken)
 				if err != nil {
 					b.Fatal(err)

@@ -34,7 +34,7 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	if err := checkExchange(obj); err != nil {
 		return err
 	}
-	obj = obj.without("accessToken", "refreshToken")
+	obj = obj.withoutTokenFields()
 	resp, err := h.call(c, obj.marshal())
 	if err != nil {
 		return err
@@ -50,7 +50,7 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 	resp.Header.Del(wallet.HeaderSignature)
 	resp.Body = answer.app.marshal()
 	if answer.pair == nil { // F or U: the wallet's status, the rebuilt body
-		h.writeWalletResponse(w, c, resp, nil)
+		h.writeWalletResponse(w, c, resp, answer.forms())
 		return nil
 	}
 	pair := answer.pair
@@ -59,15 +59,16 @@ func (h *Handler) serveExchange(w http.ResponseWriter, c *call) error {
 		replay[m.key] = m.raw
 	}
 	ex := refresher.Exchange{Path: c.target.path, Replay: replay, Pair: pair}
+	var handles []wallet.Secret
 	if h.cfg.Handles {
 		ex.AccessHandle, ex.RefreshHandle = newHandle(pair.CustomerID), newHandle(pair.CustomerID)
-		resp.Body = answer.app.withHandles(ex.AccessHandle, ex.RefreshHandle).marshal()
+		handles = []wallet.Secret{ex.AccessHandle, ex.RefreshHandle}
 	}
 	if err := h.cfg.Tokens.Install(c.r.Context(), ex); err != nil {
 		return err
 	}
 	h.log.Info("authorization code exchanged", append([]any{"customer", pair.CustomerID, "access_token_expiry", pair.AccessTokenExpiry}, logIDs(c.pass)...)...)
-	h.writeWalletResponse(w, c, resp, formsOf(pair.AccessToken, pair.RefreshToken))
+	h.writeWalletResponse(w, c, resp, answer.forms(), handles...) // the pair's tokens and any other
 	return nil
 }
 

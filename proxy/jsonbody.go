@@ -415,7 +415,12 @@ func (s *scanner) digits() int {
 	return s.pos - start
 }
 
+// truncate shortens a key quoted in an error (and so in a log line); a key
+// that is a token handle is never quoted.
 func truncate(s string, n int) string {
+	if strings.HasPrefix(s, handlePrefix) {
+		return handlePrefix + "..."
+	}
 	if len(s) <= n {
 		return s
 	}
@@ -466,6 +471,27 @@ func (o object) without(keys ...string) object {
 			}
 		}
 		if !drop {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// withoutTokenFields returns o without any top-level token field, in any
+// letter case: a wallet may read field names without regard to case, so
+// "AccessToken" from the app must not reach it beside the injected one.
+// It is o itself when there is none (objects are never changed in place).
+func (o object) withoutTokenFields() object {
+	has := false
+	for _, m := range o {
+		has = has || isTokenField(m.key)
+	}
+	if !has {
+		return o
+	}
+	out := make(object, 0, len(o))
+	for _, m := range o {
+		if !isTokenField(m.key) {
 			out = append(out, m)
 		}
 	}

@@ -98,7 +98,14 @@ func TestObjectWithout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := string(obj.without("accessToken", "refreshToken").marshal()); got != `{"x":1}` {
+	cased, err := parseObject([]byte(`{"AccessToken":"a","x":1,"REFRESHTOKEN":"r","accesstokens":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(cased.withoutTokenFields().marshal()); got != `{"x":1,"accesstokens":2}` {
+		t.Fatalf("cased token fields: got %s", got)
+	}
+	if got := string(obj.withoutTokenFields().marshal()); got != `{"x":1}` {
 		t.Fatalf("got %s", got)
 	}
 	if got := string(obj.marshal()); got != `{"accessToken":"a","x":1,"refreshToken":"r"}` {

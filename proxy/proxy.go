@@ -125,18 +125,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := &call{r: r, pass: passThrough(r.Header), budget: callBudget{l: h.cfg.Limiter}, out: statusWriter{ResponseWriter: w}}
 	rw := &c.out
-	route := routeAPI
-	var err error
-	switch {
-	case r.Method == http.MethodConnect:
-		err = failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "CONNECT is not allowed")
-	case !h.cfg.Limiter.admit():
-		err = overLimit("too many calls in flight")
-	default:
-		defer h.cfg.Limiter.done()
-		defer c.budget.release()
-		route, err = h.route(rw, c)
-	}
+	route, err := h.admit(rw, c)
 	if err != nil {
 		pe := classify(err)
 		level := slog.LevelInfo
@@ -146,11 +135,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		attrs := append([]any{"route", route, "path", c.target.path, "status", pe.status, "code", pe.code, "err", err}, logIDs(c.pass)...)
 		h.log.Log(r.Context(), level, "request refused", attrs...)
 		writeEnvelope(rw, pe)
-		// Read what the app is still sending (without keeping it), so that
-		// it gets this answer rather than a reset connection mid-body.
+		// Read what the app is still sending (without keeping it, and
+		// without holding a call slot), so that it gets this answer rather
+		// than a reset connection mid-body.
 		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
 	}
 	h.cfg.Metrics.observe(route, rw.status(), time.Since(start))
+}
+
+// admit serves the call within a call slot and its memory budget, both
+// given back when it returns.
+func (h *Handler) admit(w http.ResponseWriter, c *call) (string, error) {
+	switch {
+	case c.r.Method == http.MethodConnect:
+		return routeAPI, failF(http.StatusMethodNotAllowed, wallet.CodeMethodNotAllowed, "CONNECT is not allowed")
+	case !h.cfg.Limiter.admit():
+		return routeAPI, overLimit("too many calls in flight")
+	}
+	defer h.cfg.Limiter.done()
+	defer c.budget.release()
+	return h.route(w, c)
 }
 
 func (h *Handler) route(w http.ResponseWriter, c *call) (string, error) {
@@ -202,7 +206,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 			customerID, hasCustomer, handle = id, true, hd
 		}
 	}
-	obj = obj.without("accessToken", "refreshToken")
+	obj = obj.withoutTokenFields()
 	if !hasCustomer {
 		obj = obj.without(field[0])
 		resp, err := h.call(c, obj.marshal())
@@ -220,7 +224,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 	if handle != "" && !sameHandle(tok.AccessHandle, handle) {
 		return unknownHandle() // superseded by a new exchange
 	}
-	used := []wallet.Secret{tok.Value}
+	used := []wallet.Secret{tok.Value, tok.Refresh}
 	resp, err := h.forward(c, obj, field, tok)
 	if err != nil {
 		return err
@@ -229,7 +233,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 		if tok, err = h.cfg.Tokens.Rejected(c.r.Context(), tok); err != nil {
 			return err
 		}
-		used = append(used, tok.Value)
+		used = append(used, tok.Value, tok.Refresh)
 		if resp, err = h.forward(c, obj, field, tok); err != nil {
 			return err
 		}
@@ -307,7 +311,11 @@ func isMaxBytes(err error) bool {
 // of every token field; when anything was redacted the signature headers,
 // which no longer match, are dropped and tokenproxy_redactions_total counts
 // it.
-func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wallet.Response, forms secretForms) {
+//
+// handles, on an exchange answer of TOKENPROXY_APP_TOKENS=handles, are the
+// app's new handles, added after the scrub: a wallet answer itself never
+// carries a token field with a value, a handle-shaped one included.
+func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wallet.Response, forms secretForms, handles ...wallet.Secret) {
 	hdr := w.Header()
 	for _, k := range answerHeaders {
 		if vs := resp.Header[k]; len(vs) > 0 && vs[0] != "" {
@@ -315,6 +323,11 @@ func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wall
 		}
 	}
 	body, hit := scrub(resp.Body, hdr, forms)
+	if len(handles) == 2 {
+		if obj, err := parseObject(body); err == nil { // scrub keeps a JSON object one
+			body = obj.withHandles(handles[0], handles[1]).marshal()
+		}
+	}
 	if hit {
 		hdr.Del(wallet.HeaderSignature)
 		hdr.Del(wallet.HeaderResponseTime)

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -16,7 +17,8 @@ import (
 const redacted = "[redacted]"
 
 // handlePrefix marks the opaque handles of TOKENPROXY_APP_TOKENS=handles,
-// the only non-empty values a token field of an answer may hold.
+// the only non-empty values a token field of an answer to the app holds
+// (the proxy's own, never one a wallet answer carried).
 const handlePrefix = "tph_"
 
 // secretForms are the encodings of one token a wallet answer could carry:
@@ -120,9 +122,10 @@ func (fs secretForms) replace(s string) (string, bool) {
 // scrub makes a wallet answer safe to return to the app: no form of the
 // given tokens in the body (raw or JSON-unescaped) or in the headers, and
 // no token field (accessToken, refreshToken, in any letter case, at any
-// depth) holding anything but a handle. It returns the body to send and
-// whether anything was redacted; on a hit the caller drops the signature
-// headers, which no longer match. A body that is not JSON is searched raw.
+// depth) holding a value (the proxy adds the app's handles itself, after).
+// It returns the body to send and whether anything was redacted; on a hit
+// the caller drops the signature headers, which no longer match. A body
+// that is not JSON is searched raw.
 func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 	hit := false
 	for k, vs := range hdr {
@@ -142,7 +145,9 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 	var v any
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	if err := dec.Decode(&v); err != nil || dec.More() {
+	// More is false before a stray } or ]: only EOF after the value says
+	// the body is one JSON value.
+	if err := dec.Decode(&v); err != nil || !atEOF(dec) {
 		if forms.in(body) {
 			for _, f := range forms {
 				body = bytes.ReplaceAll(body, f, []byte(redacted))
@@ -152,7 +157,10 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 		return body, hit
 	}
 	v, changed := scrubValue(v, forms)
-	if !changed {
+	// Decoding keeps the last of a duplicated key: a token in a member it
+	// dropped is in no decoded value but still in the body, and is only
+	// gone once the body is re-encoded from what was decoded.
+	if !changed && !forms.in(body) && !duplicateKey(body) {
 		return body, hit
 	}
 	var buf bytes.Buffer
@@ -164,12 +172,67 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 	return bytes.TrimRight(buf.Bytes(), "\n"), true
 }
 
+func atEOF(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return err == io.EOF
+}
+
+// duplicateKey reports whether an object of the JSON text body holds a key
+// twice.
+func duplicateKey(body []byte) bool {
+	type frame struct {
+		object  bool
+		wantKey bool
+		keys    map[string]bool
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if d, ok := tok.(json.Delim); ok {
+			if d == '}' || d == ']' {
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			if top != nil && top.object {
+				top.wantKey = true // this value completes a member
+			}
+			stack = append(stack, &frame{object: d == '{', wantKey: true, keys: map[string]bool{}})
+			continue
+		}
+		switch {
+		case top == nil || !top.object:
+		case top.wantKey:
+			k := tok.(string)
+			if top.keys[k] {
+				return true
+			}
+			top.keys[k] = true
+			top.wantKey = false
+		default:
+			top.wantKey = true
+		}
+	}
+}
+
 // scrubValue redacts tokens in a decoded JSON value, in place.
 func scrubValue(v any, forms secretForms) (any, bool) {
 	switch t := v.(type) {
 	case string:
 		s, hit := forms.replace(t)
 		return s, hit
+	case json.Number: // a token of digits echoed as a number
+		if forms.in([]byte(t)) {
+			return redacted, true
+		}
+		return t, false
 	case []any:
 		changed := false
 		for i := range t {
@@ -188,7 +251,7 @@ func scrubValue(v any, forms secretForms) (any, bool) {
 				changed = true
 			}
 			if isTokenField(k) {
-				if s, ok := val.(string); ok && (s == "" || strings.HasPrefix(s, handlePrefix)) {
+				if s, ok := val.(string); ok && s == "" {
 					continue
 				}
 				t[k] = redacted
@@ -210,8 +273,13 @@ func isTokenField(k string) bool {
 
 // hasTokenField reports whether body may name a token field: "accesstoken"
 // or "refreshtoken" in any letter case (escaped names take the slow path
-// through the backslash test).
+// through the backslash test). isTokenField folds case as strings.EqualFold
+// does, where ſ (U+017F) is an s and K (U+212A) a k, as Go's encoding/json
+// matches field names too: a body holding either may name one.
 func hasTokenField(body []byte) bool {
+	if bytes.Contains(body, []byte("\u017f")) || bytes.Contains(body, []byte("\u212a")) {
+		return true
+	}
 	for i := 0; i+len("accesstoken") <= len(body); i++ {
 		c := body[i] | 0x20
 		if c == 'a' && i+11 <= len(body) && bytes.EqualFold(body[i:i+11], []byte("accesstoken")) {

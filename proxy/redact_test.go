@@ -35,9 +35,12 @@ func TestScrub(t *testing.T) {
 		{"cased token field", `{"data":{"REFRESHTOKEN":"x"}}`, true},
 		{"escaped token field name", `{"\u0061ccessToken":"x"}`, true},
 		{"empty token field", `{"accessToken":""}`, false},
-		{"handle", `{"accessToken":"tph_abc"}`, false},
+		{"a handle-shaped value from the wallet", `{"accessToken":"` + newHandle("c1").Reveal() + `"}`, true},
+		{"a wallet's \"handle\"", `{"accessToken":"tph_someone-elses"}`, true},
 		{"token field not a string", `{"accessToken":{"v":"x"}}`, true},
 		{"duplicate keys", `{"a":"x","a":"` + tok + `"}`, true},
+		{"escaped token in an earlier duplicate", `{"a":"` + esc + `","a":"x"}`, true},
+		{"another token in an earlier duplicate token field", `{"b":{"accessToken":"someone-elses","accessToken":""}}`, true},
 	}
 	for _, tt := range tests {
 		hdr := http.Header{}
@@ -76,6 +79,7 @@ func TestReadExchangeAnswer(t *testing.T) {
 		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"soon"}`,
 		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":"A","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z","refreshTokenExpiryTime":"x"}`,
 		`{"result":{"resultStatus":"S"},"customerId":"c1","accessToken":5,"refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z"}`,
+		`{"result":{"resultStatus":"S"},"customerId":"id-A7x9","accessToken":"A7x9","refreshToken":"R","accessTokenExpiryTime":"2030-01-01T00:00:00Z"}`,
 		`{"result":"S"}`,
 		`{"result":{"resultStatus":"F"},"result":{"resultStatus":"S"}}`,
 		`[]`,

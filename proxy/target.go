@@ -52,13 +52,21 @@ func parseTarget(r *http.Request, prefix string) (target, error) {
 		if rest, ok := strings.CutPrefix(path, prefix); ok && strings.HasPrefix(rest, "/") {
 			path = rest
 		}
+		if strings.HasPrefix(path, adminPrefix) {
+			// The admin API has one address; a prefixed one is no wallet API.
+			return target{}, badRequest("path not allowed")
+		}
 	}
 	return target{path: path, query: rawQuery}, nil
 }
 
+// maxPath is the longest path accepted: wallet API paths are short, and
+// nothing longer is worth signing and forwarding.
+const maxPath = 1024
+
 // canonical reports whether p is a canonical wallet path.
 func canonical(p string) bool {
-	if len(p) < 2 || p[0] != '/' {
+	if len(p) < 2 || len(p) > maxPath || p[0] != '/' {
 		return false
 	}
 	for seg := range strings.SplitSeq(p[1:], "/") {
@@ -80,9 +88,14 @@ func pathByte(c byte) bool {
 }
 
 // validAdminRest checks what follows /tokenproxy/ in a decoded admin path:
-// printable ASCII without space, # or ?, and no empty, . or .. segment
-// (the customer id segment is checked by the customer-id rule later).
+// printable ASCII without space, # ? \ ; or %, and no empty, . or ..
+// segment (the customer id segment is checked by the customer-id rule
+// later). A decoded % would be read differently by anything that decoded
+// the path again, and no admin path or customer id holds one.
 func validAdminRest(rest string) bool {
+	if len(rest) > maxPath {
+		return false
+	}
 	if rest == "" {
 		return true
 	}
@@ -91,7 +104,7 @@ func validAdminRest(rest string) bool {
 			return false
 		}
 		for i := 0; i < len(seg); i++ {
-			if c := seg[i]; c <= ' ' || c > '~' || c == '#' || c == '?' || c == '\\' || c == ';' {
+			if c := seg[i]; c <= ' ' || c > '~' || c == '#' || c == '?' || c == '\\' || c == ';' || c == '%' {
 				return false
 			}
 		}

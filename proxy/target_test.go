@@ -19,6 +19,7 @@ func TestParseTarget(t *testing.T) {
 		{"/ams/api/v1/authorizations/applyToken", "/ams/api", "/v1/authorizations/applyToken", "", false, true},
 		{"/v1/authorizations/applyToken", "/ams/api", "/v1/authorizations/applyToken", "", false, true},
 		{"/ams/apix/v1", "/ams/api", "/ams/apix/v1", "", false, true}, // not the prefix
+		{"/ams/api/tokenproxy/customers/c1", "/ams/api", "", "", false, false},
 		{"/tokenproxy/customers/a+b=c", "", "/tokenproxy/customers/a+b=c", "", true, true},
 		{"/tokenproxy/customers/c1/refresh", "", "/tokenproxy/customers/c1/refresh", "", true, true},
 		{"/tokenproxy%2Fcustomers/c1", "", "", "", false, false},
@@ -30,6 +31,7 @@ func TestParseTarget(t *testing.T) {
 		"/v1/a%09", "/v1/a%20b", "/v1/é", "/v1/%C3%A9", "/v1/a%2Fb", "/v1/a%2fb", "/v1/a%zz", "/v1/a/", "/",
 		"/v1/a?b#c", "/v1/a?b=%00\x01", "*", "http://evil.example/v1/a", "/tokenproxy/customers/a%3Fb",
 		"/tokenproxy/customers/../x", "/tokenproxy//customers", "/v1/a@b", "/v1/a!b", "/v1/a$b", "/v1/a'b",
+		"/v1/" + strings.Repeat("a", 1021),
 	}
 	for _, tt := range tests {
 		r := &http.Request{RequestURI: tt.uri}

@@ -108,6 +108,10 @@ type Token struct {
 	Value      wallet.Secret
 	Expiry     time.Time
 	Generation int64
+	// Refresh is the refresh token stored with Value. It is never sent
+	// with a call: the proxy only searches the wallet's answer for it, so
+	// that a wallet echoing it cannot hand it to the app.
+	Refresh wallet.Secret
 	// AccessHandle is the handle the app holds for the customer's access
 	// token (TOKENPROXY_APP_TOKENS=handles), "" when it holds none.
 	AccessHandle wallet.Secret
@@ -572,6 +576,7 @@ func tokenOf(rec *tokencache.Record) Token {
 		Value:      wallet.Secret(rec.AccessToken.Reveal()),
 		Expiry:     rec.AccessTokenExpiry,
 		Generation: rec.Generation,
+		Refresh:    wallet.Secret(rec.RefreshToken.Reveal()),
 
 		AccessHandle: wallet.Secret(rec.AccessHandle.Reveal()),
 	}

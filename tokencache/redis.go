@@ -159,6 +159,11 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 func (s *Redis) Get(ctx context.Context, customerID string) (*Record, error) {
 	vals, err := s.client.HGetAll(ctx, s.RecordKey(customerID)).Result()
 	if err != nil {
+		if redis.HasErrorPrefix(err, "WRONGTYPE") {
+			// The key holds something else than a record hash: damaged,
+			// not an outage, so no locally held token stands in for it.
+			return nil, corrupt("record", "not a hash")
+		}
 		return nil, unavailable("get record", err)
 	}
 	if len(vals) == 0 {

@@ -636,6 +636,14 @@ func TestRedisUnknownFormat(t *testing.T) {
 			}
 		})
 	}
+	// A key of another type is a damaged record, not an outage: an outage
+	// would let a locally held token stand in for it.
+	if err := r.Client(t).Set(ctx, s.RecordKey("c1"), "x", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "c1"); !errors.Is(err, tokencache.ErrCorrupt) {
+		t.Fatalf("Get of a record key holding a string: %v, want ErrCorrupt", err)
+	}
 }
 
 func TestNewRedisConfig(t *testing.T) {

@@ -50,6 +50,9 @@ type Client struct {
 	Metrics *Metrics
 }
 
+// maxResponseHeaderBytes bounds the headers of one wallet answer.
+const maxResponseHeaderBytes = 64 << 10
+
 // Keep-alive pool of NewHTTPClient. Go's default keeps 2 idle connections
 // per host: under steady load every call beyond two in flight would open a
 // connection (a TLS handshake to an HTTPS wallet) and close it again.
@@ -78,6 +81,10 @@ func NewHTTPClient() *http.Client {
 	tr.IdleConnTimeout = idleConnTimeout
 	tr.ForceAttemptHTTP2 = true
 	tr.ResponseHeaderTimeout = 0 // the call's context bounds it
+	// Go's default lets each answer hold 10 MB of headers, outside the
+	// memory budget of bodies: every call in flight could hold that much.
+	// The wallet's headers are a few hundred bytes.
+	tr.MaxResponseHeaderBytes = maxResponseHeaderBytes
 	return &http.Client{
 		Transport: tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -208,7 +215,7 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		StatusCode: resp.StatusCode,
 		Header:     make(http.Header, len(answerHeaders)),
 		Body:       raw,
-		Result:     result,
+		Result:     keptResult(result, body),
 		Path:       path,
 	}
 	// The transport made resp.Header for this answer alone: its first
@@ -233,6 +240,25 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 // answerHeaders are the headers of an answer a Response keeps, in their
 // canonical form.
 var answerHeaders = []string{"Content-Type", HeaderClientID, HeaderResponseTime, HeaderSignature}
+
+// keptResult is an answer's result as the proxy keeps it for its own use
+// (decisions, metric labels, a stored lastError, log lines), never the
+// body returned: a status other than S, F or U is U (an unknown outcome),
+// and a code not shaped like one (A-Z, 0-9, _, at most 64), or one that is
+// not the protocol's and repeats what the request carried, is CodeOther.
+// A wallet or gateway echoing the request's token into its result must not
+// put the token where no answer is scrubbed.
+func keptResult(r Result, request []byte) Result {
+	switch r.ResultStatus {
+	case "", StatusSuccess, StatusFailed, StatusUnknown:
+	default:
+		r.ResultStatus = StatusUnknown
+	}
+	if c := r.ResultCode; c != "" && (!validCode(c) || !protocolCodes[c] && bytes.Contains(request, []byte(c))) {
+		r.ResultCode = CodeOther
+	}
+	return r
+}
 
 func (c *Client) verify(uri string, h http.Header, body []byte) error {
 	sh, err := ParseSignatureHeader(h.Get(HeaderSignature))

@@ -40,7 +40,24 @@ const (
 	CodeWalletTimeout           = "WALLET_TIMEOUT"
 	CodeWalletUnavailable       = "WALLET_UNAVAILABLE"
 	CodeTokenStoreUnavailable   = "TOKEN_STORE_UNAVAILABLE"
+	// CodeOther stands for a wallet code the proxy does not keep (see
+	// keptResult).
+	CodeOther = "OTHER"
 )
+
+// protocolCodes are the codes above: never taken for an echo of the
+// request.
+var protocolCodes = map[string]bool{}
+
+func init() {
+	for _, c := range []string{CodeSuccess, CodeProcessFail, CodeParamIllegal, CodeInvalidAPI, CodeAccessDenied,
+		CodeTrafficExceedLimit, CodeExpiredAccessToken, CodeInvalidAccessToken, CodeInvalidSignature, CodeKeyNotFound,
+		CodeInvalidClient, CodeUnknownException, CodeUnsupportedGrantType, CodeInvalidRefreshToken, CodeExpiredRefreshToken,
+		CodeUsedRefreshToken, CodeInvalidCode, CodeUsedCode, CodeExpiredCode, CodeMethodNotAllowed, CodeCustomerNotAuthorized,
+		CodeReauthorizationRequired, CodeInvalidWalletSignature, CodeWalletTimeout, CodeWalletUnavailable, CodeTokenStoreUnavailable} {
+		protocolCodes[c] = true
+	}
+}
 
 // Result is the envelope's result object.
 type Result struct {

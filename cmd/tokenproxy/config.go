@@ -262,17 +262,23 @@ func (c *Config) keySource() (wallet.KeySource, error) {
 	return wallet.StaticKey{Key: key, Version: version}, nil
 }
 
-func (c *Config) walletKey() (*rsa.PublicKey, error) {
-	raw, name := []byte(c.WalletPublicKey), "TOKENPROXY_WALLET_PUBLIC_KEY"
-	if c.WalletPublicKeyFile != "" {
-		var err error
-		if raw, err = os.ReadFile(c.WalletPublicKeyFile); err != nil {
-			return nil, bad("TOKENPROXY_WALLET_PUBLIC_KEY_FILE", "cannot be read")
-		}
-		name = "TOKENPROXY_WALLET_PUBLIC_KEY_FILE"
+// valueOrFile returns a setting given inline (variable) or as a file
+// (variable+"_FILE", path set), and the name of the one used, for errors.
+func valueOrFile(variable, value, path string) ([]byte, string, error) {
+	if path == "" {
+		return []byte(value), variable, nil
 	}
-	if len(raw) == 0 {
-		return nil, nil
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", bad(variable+"_FILE", "cannot be read")
+	}
+	return raw, variable + "_FILE", nil
+}
+
+func (c *Config) walletKey() (*rsa.PublicKey, error) {
+	raw, name, err := valueOrFile("TOKENPROXY_WALLET_PUBLIC_KEY", c.WalletPublicKey, c.WalletPublicKeyFile)
+	if err != nil || len(raw) == 0 {
+		return nil, err
 	}
 	k, err := wallet.ParsePublicKey(raw)
 	if err != nil {
@@ -283,16 +289,9 @@ func (c *Config) walletKey() (*rsa.PublicKey, error) {
 
 // appSigner builds the signer of answers to the app; nil when no key is set.
 func (c *Config) appSigner() (*proxy.AppSigner, error) {
-	raw, name := []byte(c.AppSigningKey), "TOKENPROXY_APP_SIGNING_KEY"
-	if c.AppSigningKeyFile != "" {
-		var err error
-		if raw, err = os.ReadFile(c.AppSigningKeyFile); err != nil {
-			return nil, bad("TOKENPROXY_APP_SIGNING_KEY_FILE", "cannot be read")
-		}
-		name = "TOKENPROXY_APP_SIGNING_KEY_FILE"
-	}
-	if len(raw) == 0 {
-		return nil, nil
+	raw, name, err := valueOrFile("TOKENPROXY_APP_SIGNING_KEY", c.AppSigningKey, c.AppSigningKeyFile)
+	if err != nil || len(raw) == 0 {
+		return nil, err
 	}
 	key, err := wallet.ParsePrivateKey(raw)
 	if err != nil {
@@ -302,15 +301,11 @@ func (c *Config) appSigner() (*proxy.AppSigner, error) {
 }
 
 func (c *Config) keyring() (*tokencache.Keyring, error) {
-	raw, name := c.EncryptionKeys, "TOKENPROXY_ENCRYPTION_KEYS"
-	if c.EncryptionKeysFile != "" {
-		b, err := os.ReadFile(c.EncryptionKeysFile)
-		if err != nil {
-			return nil, bad("TOKENPROXY_ENCRYPTION_KEYS_FILE", "cannot be read")
-		}
-		raw, name = string(b), "TOKENPROXY_ENCRYPTION_KEYS_FILE"
+	raw, name, err := valueOrFile("TOKENPROXY_ENCRYPTION_KEYS", c.EncryptionKeys, c.EncryptionKeysFile)
+	if err != nil {
+		return nil, err
 	}
-	kr, err := tokencache.ParseKeyring(raw)
+	kr, err := tokencache.ParseKeyring(string(raw))
 	if err != nil {
 		return nil, bad(name, err.Error())
 	}

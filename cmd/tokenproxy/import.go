@@ -36,6 +36,9 @@ const (
 	// when the record keeps changing under it (a running sidecar
 	// refreshing it, or the same customer twice in the file).
 	importCASAttempts = 5
+	// importReadAttempts bounds the tries of one read when the store did
+	// not answer in time.
+	importReadAttempts = 3
 	// importMaxLine is the longest line read; a longer one is invalid (a
 	// valid line is a few hundred bytes: two tokens of at most 128).
 	importMaxLine = 64 << 10
@@ -345,9 +348,7 @@ func (im *importer) write(ctx context.Context, p importPair) (importOutcome, err
 		if err := ctx.Err(); err != nil {
 			return outcomeFailed, err
 		}
-		cur, err := im.call(ctx, func(ctx context.Context) (*tokencache.Record, error) {
-			return im.store.Get(ctx, p.customerID)
-		})
+		cur, err := im.read(ctx, p.customerID)
 		switch {
 		case errors.Is(err, tokencache.ErrNotFound):
 			cur = nil
@@ -387,6 +388,23 @@ func (im *importer) write(ctx context.Context, p importPair) (importOutcome, err
 		}
 	}
 	return outcomeFailed, fmt.Errorf("line %d: the record kept changing during %d attempts: %w", p.line, importCASAttempts, tokencache.ErrConflict)
+}
+
+// read reads the customer's record, trying again (importReadAttempts in
+// all) when the store did not answer in time: a read changes nothing, and
+// a busy Redis should not cost a line.
+func (im *importer) read(ctx context.Context, customerID string) (*tokencache.Record, error) {
+	var err error
+	for range importReadAttempts {
+		var rec *tokencache.Record
+		rec, err = im.call(ctx, func(ctx context.Context) (*tokencache.Record, error) {
+			return im.store.Get(ctx, customerID)
+		})
+		if !errors.Is(err, tokencache.ErrUnavailable) || ctx.Err() != nil {
+			return rec, err
+		}
+	}
+	return nil, err
 }
 
 // call runs one store call under its own deadline.

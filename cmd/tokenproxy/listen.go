@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 )
 
 // listenApp opens the app-facing listener: TCP host:port, or unix:/path,
@@ -46,8 +47,16 @@ func listenApp(addr string) (net.Listener, func(), error) {
 
 // limitListener accepts at most n connections open at once; further ones
 // wait in the kernel's accept queue until one closes.
-func limitListener(ln net.Listener, n int) net.Listener {
-	return &limitedListener{Listener: ln, slots: make(chan struct{}, n), done: make(chan struct{})}
+//
+// Until a connection's first byte arrives, it may stay open as long as an
+// idle kept-alive one (idle); read deadlines set before then (the server's
+// ReadHeaderTimeout) start counting at that first byte, as net/http does
+// for every request after a connection's first. Clients dial connections
+// ahead of need and keep them in their pools; closing such a connection
+// after ReadHeaderTimeout races with the client picking it for a POST,
+// which it cannot retry.
+func limitListener(ln net.Listener, n int, idle time.Duration) net.Listener {
+	return &limitedListener{Listener: ln, slots: make(chan struct{}, n), done: make(chan struct{}), idle: idle}
 }
 
 type limitedListener struct {
@@ -55,6 +64,7 @@ type limitedListener struct {
 	slots     chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
+	idle      time.Duration
 }
 
 func (l *limitedListener) Accept() (net.Conn, error) {
@@ -68,7 +78,7 @@ func (l *limitedListener) Accept() (net.Conn, error) {
 		<-l.slots
 		return nil, err
 	}
-	return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
+	return &limitedConn{Conn: c, release: func() { <-l.slots }, idle: l.idle}, nil
 }
 
 func (l *limitedListener) Close() error {
@@ -80,6 +90,47 @@ type limitedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+	idle    time.Duration
+
+	mu      sync.Mutex
+	started bool          // the first byte has arrived
+	pending time.Duration // a read deadline set before it, from when it was set
+}
+
+func (c *limitedConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	if c.started || c.idle <= 0 {
+		c.mu.Unlock()
+		return c.Conn.SetReadDeadline(t)
+	}
+	c.pending = 0
+	if !t.IsZero() {
+		c.pending = max(time.Until(t), time.Millisecond)
+	}
+	c.mu.Unlock()
+	return c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+}
+
+func (c *limitedConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *limitedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.mu.Lock()
+		if !c.started {
+			c.started = true
+			if c.pending > 0 {
+				_ = c.Conn.SetReadDeadline(time.Now().Add(c.pending))
+			}
+		}
+		c.mu.Unlock()
+	}
+	return n, err
 }
 
 func (c *limitedConn) Close() error {

@@ -189,7 +189,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer cleanupApp()
 	// Connections beyond what the calls in flight need wait in the
 	// kernel's accept queue instead of costing memory here.
-	appLn = limitListener(appLn, 2*mem.maxInflight+16)
+	appLn = limitListener(appLn, 2*mem.maxInflight+16, appIdleTimeout)
 	opsLn, err := net.Listen("tcp", cfg.OpsAddr)
 	if err != nil {
 		appLn.Close()
@@ -202,7 +202,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		ReadTimeout:       time.Minute,
 		// A call may wait for a refresh, call the wallet and retry once.
 		WriteTimeout:   3*cfg.UpstreamTimeout + cfg.RefreshLease + 10*time.Second,
-		IdleTimeout:    2 * time.Minute,
+		IdleTimeout:    appIdleTimeout,
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       errLog,
 	}
@@ -309,6 +309,10 @@ func openStore(cfg *Config, log *slog.Logger) (tokencache.RefreshStore, func(), 
 	}
 	return store, func() { store.Close(); rc.Close() }, nil
 }
+
+// appIdleTimeout is how long an app connection may wait for its next
+// request (or its first).
+const appIdleTimeout = 2 * time.Minute
 
 // readiness is /readyz: ready once the store has answered once since
 // start, not ready again while shutting down. A later store outage does not

@@ -45,6 +45,10 @@ type settings struct {
 	TLSCertOut          string        `env:"WALLETSIM_TLS_CERT_OUT" desc:"file to write that certificate (PEM) to, for clients to trust (tokenproxy: SSL_CERT_FILE); setting it implies WALLETSIM_TLS"`
 }
 
+// version is set at build time (-ldflags "-X main.version=..."), so that a
+// merchant's CI can tell which walletsim it runs: `walletsim version`.
+var version = "dev"
+
 // shutdownTimeout bounds the graceful shutdown on SIGTERM/SIGINT.
 const shutdownTimeout = 10 * time.Second
 
@@ -67,6 +71,9 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		switch args[0] {
 		case "-h", "-help", "--help", "help":
 			usage(stdout)
+			return 0
+		case "version", "-version", "--version":
+			fmt.Fprintln(stdout, version)
 			return 0
 		}
 		fmt.Fprintf(stderr, "walletsim: unexpected argument %q (configuration is by environment; see walletsim -h)\n", args[0])

@@ -114,6 +114,18 @@ func TestUsage(t *testing.T) {
 	}
 }
 
+// TestVersion: `walletsim version` prints the version stamped at build
+// time (make release, the image), "dev" otherwise, and starts nothing.
+func TestVersion(t *testing.T) {
+	var stdout, stderr syncBuffer
+	if code := run(context.Background(), []string{"version"}, envconfig.MapLookuper(nil), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if got := stdout.String(); got != version+"\n" || version != "dev" {
+		t.Fatalf("version printed %q (version %q), want \"dev\\n\" in a test build", got, version)
+	}
+}
+
 // TestRunGeneratesKeyAndServes starts the simulator with a generated key,
 // checks only the public half is printed and written, calls it, and stops it.
 func TestRunGeneratesKeyAndServes(t *testing.T) {

@@ -1,6 +1,9 @@
 // Command demo runs the quick start: walletsim and tokenproxy (in-memory
 // store) side by side on loopback, a real authorization-code exchange and a
-// proxied wallet call, each step printed. With -serve it starts the two and
+// proxied wallet call, then the reason the product exists: a customer whose
+// access token lives seconds is refreshed ahead of expiry while the app
+// keeps calling, and a forced refresh; each step printed, never a token,
+// in well under a minute. With -serve it starts the two and
 // prints curl lines to try until Ctrl-C. It is driven by `make demo` and
 // `make run`; it needs only the two binaries and Go's standard library.
 package main
@@ -41,6 +44,17 @@ const (
 	opsAddr    = "127.0.0.1:9181"
 	walletAddr = "127.0.0.1:9182"
 	customer   = "2188000123456789"
+
+	// The refresh part: a customer whose access tokens live accessTTL is
+	// refreshed refreshBefore (minus up to refreshJitter) ahead of expiry,
+	// so about every 6 to 8 s; the app calls once a second meanwhile.
+	shortCustomer = "2188000555500001"
+	accessTTL     = "15s"
+	refreshBefore = "7s"
+	refreshJitter = "2s"
+	// watchFor bounds the watching: two scheduled refreshes take at most
+	// 2 x (15s - 7s) = 16 s.
+	watchFor = 25 * time.Second
 )
 
 func run(tokenproxyBin, walletsimBin string, serve bool) error {
@@ -81,6 +95,8 @@ func run(tokenproxyBin, walletsimBin string, serve bool) error {
 		"TOKENPROXY_PRIVATE_KEY_FILE=" + keyFile,
 		"TOKENPROXY_WALLET_PUBLIC_KEY_FILE=" + walletPub,
 		"TOKENPROXY_LOG_FORMAT=text",
+		"TOKENPROXY_REFRESH_BEFORE=" + refreshBefore,
+		"TOKENPROXY_REFRESH_JITTER=" + refreshJitter,
 	})
 	if err != nil {
 		return err
@@ -177,6 +193,10 @@ Ctrl-C stops both.
 		}
 	}
 
+	if err := refreshDemo(); err != nil {
+		return err
+	}
+
 	step("Stopping tokenproxy (SIGTERM drains in-flight calls) and walletsim")
 	tp.stop()
 	sim.stop()
@@ -208,11 +228,27 @@ func noToken(body []byte) error {
 }
 
 func call(method, url string, hdr map[string]string, body string, out any) ([]byte, error) {
+	status, b, err := fetch(method, url, hdr, body)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Printf("   %s %s -> HTTP %d\n", method, url, status)
+	if status >= 300 {
+		return b, fmt.Errorf("%s %s: HTTP %d: %s", method, url, status, b)
+	}
+	if out != nil {
+		return b, json.Unmarshal(b, out)
+	}
+	return b, nil
+}
+
+// fetch makes one request and returns the answer's status and body.
+func fetch(method, url string, hdr map[string]string, body string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range hdr {
@@ -220,21 +256,14 @@ func call(method, url string, hdr map[string]string, body string, out any) ([]by
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
-	fmt.Printf("   %s %s -> HTTP %d\n", method, url, resp.StatusCode)
-	if resp.StatusCode >= 300 {
-		return b, fmt.Errorf("%s %s: HTTP %d: %s", method, url, resp.StatusCode, b)
-	}
-	if out != nil {
-		return b, json.Unmarshal(b, out)
-	}
-	return b, nil
+	return resp.StatusCode, b, nil
 }
 
 type proc struct {
