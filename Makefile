@@ -122,7 +122,7 @@ bench-go: check-go check-redis
 
 # bench-proxy: tokenproxy side by side with a do-it-yourself signing proxy
 # and a bare two-hop proxy, memory and Redis stores, wallet over HTTP and
-# HTTPS, TCP and Unix socket (docs/benchmarks.md); about 3 minutes.
+# HTTPS, TCP and Unix socket (docs/benchmarks.md); about 2.5 minutes.
 bench-proxy: build check-redis
 	$(GO) build -o $(BIN)/bench-diy ./internal/bench/proxy/diy
 	$(GO) build -o $(BIN)/bench-bare ./internal/bench/proxy/bare

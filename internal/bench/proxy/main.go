@@ -85,7 +85,7 @@ type config struct {
 
 func main() {
 	var c config
-	flag.DurationVar(&c.duration, "duration", 3*time.Second, "measured time of each phase")
+	flag.DurationVar(&c.duration, "duration", 2*time.Second, "measured time of each phase")
 	flag.DurationVar(&c.warmup, "warmup", 500*time.Millisecond, "unmeasured calls before each phase")
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds of A B C (medians are over the rounds)")
 	flag.IntVar(&c.concurrency, "concurrency", 32, "callers at once, in every phase")
