@@ -93,7 +93,7 @@ func ghostClaim(t *testing.T, f *fixture) (*tokencache.Lease, *tokencache.Record
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := f.store.Claim(ctx(t), "c1", rec.Generation, "ghost", time.Hour, false)
+	l, err := tokencache.Claim(ctx(t), f.store, "c1", rec.Generation, "ghost", time.Hour, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestClaimsAndWaitsForAnotherReplicasRefresh(t *testing.T) {
 		{
 			name: "the holder refreshed: joined without a wallet call",
 			end: func(t *testing.T, f *fixture, l *tokencache.Lease, _ func()) {
-				if _, err := f.store.Complete(ctx(t), l, refreshed(f)); err != nil {
+				if _, err := tokencache.Complete(ctx(t), f.store, l, refreshed(f)); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -161,7 +161,7 @@ func TestClaimsAndWaitsForAnotherReplicasRefresh(t *testing.T) {
 		{
 			name: "the holder let go without presenting: claimed and presented",
 			end: func(t *testing.T, f *fixture, l *tokencache.Lease, _ func()) {
-				if err := f.store.Release(ctx(t), l); err != nil {
+				if err := tokencache.Release(ctx(t), f.store, l); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -174,7 +174,7 @@ func TestClaimsAndWaitsForAnotherReplicasRefresh(t *testing.T) {
 			name: "the holder's token was refused: failed",
 			end: func(t *testing.T, f *fixture, l *tokencache.Lease, _ func()) {
 				o := tokencache.Outcome{Kind: tokencache.Rejected, Code: wallet.CodeUsedRefreshToken}
-				if _, err := f.store.Complete(ctx(t), l, o); err != nil {
+				if _, err := tokencache.Complete(ctx(t), f.store, l, o); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -252,13 +252,13 @@ type claimScriptStore struct {
 	errs []error
 }
 
-func (s *claimScriptStore) Claim(ctx context.Context, id string, expect int64, owner string, ttl time.Duration, ignoreBackoff bool) (*tokencache.Lease, error) {
-	if len(s.errs) > 0 {
+func (s *claimScriptStore) Update(ctx context.Context, id string, d tokencache.Decision) error {
+	if d.Op == tokencache.OpClaim && len(s.errs) > 0 {
 		err := s.errs[0]
 		s.errs = s.errs[1:]
-		return nil, err
+		return err
 	}
-	return s.Memory.Claim(ctx, id, expect, owner, ttl, ignoreBackoff)
+	return s.Memory.Update(ctx, id, d)
 }
 
 func TestClaimResultsCounted(t *testing.T) {

@@ -36,7 +36,7 @@ const pendingRetryEvery = time.Second
 // retryEvery is how often pairs are retried: pendingRetryEvery, and at
 // least four times within a lease, because a holder that recorded no
 // outcome gets one lease's time, once its lease lapsed, before another
-// replica presents the spent token again (see tokencache.RefreshStore.Claim).
+// replica presents the spent token again (see tokencache.Claim).
 func (p *pendingWrites) retryEvery() time.Duration {
 	return max(min(pendingRetryEvery, p.r.cfg.Lease/4), time.Millisecond)
 }
@@ -124,7 +124,7 @@ func (p *pendingWrites) writeAll(ctx context.Context) int {
 	left := 0
 	for _, w := range todo {
 		wctx, cancel := context.WithTimeout(ctx, storeWriteTimeout)
-		gen, err := p.r.cfg.Store.Complete(wctx, w.lease, w.outcome)
+		gen, err := tokencache.Complete(wctx, p.r.cfg.Store, w.lease, w.outcome)
 		cancel()
 		switch {
 		case err == nil:

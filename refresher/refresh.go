@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,9 +16,10 @@ import (
 // The refresh protocol, as design.md lays it down ("Exactly one refresh per
 // refresh token"):
 //
-//  1. Claim: a lease plus an intent in the store, in one script, only if
-//     no live lease exists and the record still holds the refresh token we
-//     read (by generation). The store's clock decides.
+//  1. Claim: a lease plus an intent in the store, in one atomic step
+//     (tokencache.Claim), only if no live lease exists and the record still
+//     holds the refresh token we read (by generation). The store's clock
+//     decides.
 //  2. Call: the wallet call runs under a deadline that ends a margin before
 //     the lease could lapse; a watchdog renews the lease every lease/3 and
 //     moves the deadline on each confirmed renewal. A renewal that fails
@@ -28,7 +30,8 @@ import (
 //     be held. An S pair the store cannot take is kept in memory and
 //     written when the store is back (pending.go).
 //  4. Waiters on any replica are woken through the store's Watch and poll
-//     as a fallback, each bounded by its own deadline.
+//     as a fallback, each bounded by its own deadline; one whose awaited
+//     presentation failed replays that outcome from the journal.
 //  5. Unknown outcomes keep the intent: the next claimer presents the same
 //     token once more; USED_REFRESH_TOKEN then is a lost rotation.
 //  6. Only INVALID/EXPIRED/USED_REFRESH_TOKEN end a customer; every other
@@ -79,6 +82,9 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 	watch, stop := r.cfg.Store.Watch(customerID)
 	defer stop()
 
+	// awaited: the refresh token another caller was presenting while
+	// this one waited.
+	var awaited string
 	// waited: this refresh found the lease held and waited for its holder;
 	// endWait counts how that ended, once (the deferred call covers every
 	// return not named below as failed).
@@ -92,6 +98,22 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 	defer endWait(waitFailed)
 
 	for range maxRounds {
+		if rec, ok := r.pending.get(customerID); ok {
+			// This replica holds a known outcome the store has not taken
+			// yet: the stored refresh token is spent. Never claim it; serve
+			// what is held if it will do, else wait for the write.
+			switch {
+			case rec.State == tokencache.StateReauthorizationRequired:
+				return nil, ErrReauthorizationRequired
+			case done(rec):
+				return rec, nil
+			}
+			r.wait(ctx, watch, pollEvery)
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("wait for a kept outcome to be written: %w: %w", wallet.ErrTimeout, ctx.Err())
+			}
+			continue
+		}
 		rec, err := r.get(ctx, customerID)
 		if err != nil {
 			return nil, err
@@ -102,6 +124,10 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 		if done(rec) {
 			endWait(waitJoined)
 			return rec, nil
+		}
+		if j := rec.Journal; awaited != "" && trigger != TriggerForced && j.For(awaited, r.now()) &&
+			rec.RefreshTokenHash == awaited && (j.Kind == tokencache.Unknown || j.Kind == tokencache.Refused) {
+			return nil, replay(j)
 		}
 		if !rec.RefreshTokenExpiry.IsZero() && !r.now().Before(rec.RefreshTokenExpiry) {
 			// Never present a refresh token past its expiry: the answer is known.
@@ -118,7 +144,7 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 		// time spent waiting above never starves a call once claimed.
 		claimCtx, cancel := context.WithTimeout(r.ctx, storeWriteTimeout)
 		claimedAt := time.Now()
-		lease, err := r.cfg.Store.Claim(claimCtx, customerID, rec.Generation, r.cfg.Owner, r.cfg.Lease, trigger == TriggerForced)
+		lease, err := tokencache.Claim(claimCtx, r.cfg.Store, customerID, rec.Generation, r.cfg.Owner, r.cfg.Lease, trigger == TriggerForced)
 		cancel()
 		var held *tokencache.LeaseHeldError
 		var cool *tokencache.BackoffError
@@ -136,6 +162,7 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 			if trigger == TriggerScheduled {
 				return rec, nil // another replica is on it
 			}
+			awaited = rec.RefreshTokenHash
 			waited = true
 			r.wait(ctx, watch, min(held.TTL, pollEvery))
 		case errors.As(err, &cool):
@@ -160,6 +187,18 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 	return nil, fmt.Errorf("refresh: %w: gave up after %d rounds", wallet.ErrUnavailable, maxRounds)
 }
 
+// replay is what a caller that waited for another caller's presentation
+// (on any replica) gets when that one failed transiently: its outcome from
+// the journal (design.md step 4), in the class the presenter's own caller
+// got, without another wallet call.
+func replay(j tokencache.JournalEntry) error {
+	class := wallet.ErrUnavailable
+	if j.Code == wallet.CodeWalletTimeout {
+		class = wallet.ErrTimeout
+	}
+	return fmt.Errorf("refresh by another caller: %s %s: %w", j.Kind, j.Code, class)
+}
+
 // wait sleeps until the store says the customer changed, or d passes.
 func (r *Refresher) wait(ctx context.Context, watch <-chan struct{}, d time.Duration) {
 	t := time.NewTimer(max(d, 10*time.Millisecond))
@@ -178,11 +217,14 @@ func (r *Refresher) wait(ctx context.Context, watch <-chan struct{}, d time.Dura
 func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, claimedAt time.Time, trigger string) (*tokencache.Record, error) {
 	ctx := r.calls
 	body, err := wallet.RefreshBody(wallet.Secret(rec.RefreshToken.Reveal()), rec.Replay)
+	if err == nil && len(r.cfg.TokenPaths) > 0 && !slices.Contains(r.cfg.TokenPaths, rec.ExchangePath) {
+		err = fmt.Errorf("%w: the record's exchange path is not a token path", tokencache.ErrCorrupt)
+	}
 	if err != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
-		_ = r.cfg.Store.Release(rctx, lease)
+		_ = tokencache.Release(rctx, r.cfg.Store, lease)
 		cancel()
-		return nil, fmt.Errorf("build refresh body: %w", err)
+		return nil, fmt.Errorf("prepare the refresh: %w", err)
 	}
 	callCtx, cancel := context.WithTimeout(ctx, r.cfg.UpstreamTimeout)
 	wd := r.watch(callCtx, cancel, lease, claimedAt)
@@ -206,7 +248,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 	}
 	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
 	defer wcancel()
-	gen, err := r.cfg.Store.Complete(wctx, lease, o)
+	gen, err := tokencache.Complete(wctx, r.cfg.Store, lease, o)
 	switch {
 	case err == nil:
 		r.storeOK()
@@ -348,7 +390,7 @@ func (r *Refresher) watch(callCtx context.Context, cancel context.CancelFunc, le
 			case <-renew.C:
 				sent := time.Now()
 				rctx, rcancel := context.WithTimeout(callCtx, ttl/3)
-				_, err := r.cfg.Store.Renew(rctx, lease, ttl)
+				err := tokencache.Renew(rctx, r.cfg.Store, lease, ttl)
 				rcancel()
 				if err != nil {
 					if callCtx.Err() == nil {
@@ -375,7 +417,7 @@ func (r *Refresher) expireRefreshToken(ctx context.Context, rec *tokencache.Reco
 	next.State = tokencache.StateReauthorizationRequired
 	next.LastError = wallet.CodeExpiredRefreshToken
 	next.NextRefresh = time.Time{}
-	if _, err := r.cfg.Store.CompareAndSwap(ctx, &next, rec.Generation); err != nil &&
+	if _, err := tokencache.CompareAndSwap(ctx, r.cfg.Store, &next, rec.Generation); err != nil &&
 		!errors.Is(err, tokencache.ErrConflict) && !errors.Is(err, tokencache.ErrNotFound) {
 		r.storeFailed("cas")
 		return fmt.Errorf("record expired refresh token: %w", err)

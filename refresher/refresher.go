@@ -4,8 +4,10 @@
 // has expired (the caller waits) or is due (in the background, and ahead of
 // time by the scheduler, without app traffic), and handles a token the
 // wallet rejected. Across replicas sharing a store, a refresh runs under a
-// lease claimed in the store (see refresh.go); within a process, callers of
-// one customer join one refresh.
+// lease claimed in the store: the protocol's steps are tokencache's
+// decisions (tokencache.Claim, Renew, Release, Complete over a
+// tokencache.Store), and this package decides when to take them (see
+// refresh.go); within a process, callers of one customer join one refresh.
 package refresher
 
 import (
@@ -57,8 +59,9 @@ func (e *CooldownError) Unwrap() error {
 	return wallet.ErrUnavailable
 }
 
-// Store is the token store with the refresh protocol.
-type Store = tokencache.RefreshStore
+// Store is where records live and the refresh protocol's steps are
+// applied (see tokencache.Store).
+type Store = tokencache.Store
 
 // Wallet presents a refresh token: an applyToken call.
 type Wallet interface {
@@ -69,6 +72,10 @@ type Wallet interface {
 type Config struct {
 	Store  Store
 	Wallet Wallet
+	// TokenPaths, when set, are the only paths a refresh token is
+	// presented to: a record naming another path (damaged or written by
+	// hand) is refused as corrupt, before any wallet call.
+	TokenPaths []string
 	// Owner names this replica in leases; a random id when empty.
 	Owner string
 	// RefreshBefore: a token is due this long before its expiry, less a
@@ -95,8 +102,11 @@ type Config struct {
 	// recount of tokenproxy_tokens (default 30s).
 	ScheduleEvery time.Duration
 	CensusEvery   time.Duration
-	Metrics       *Metrics
-	Logger        *slog.Logger
+	// Census counts the store's customers by state for tokenproxy_tokens
+	// (the stores' Census methods); nil: not counted.
+	Census  func(ctx context.Context) (tokencache.Census, error)
+	Metrics *Metrics
+	Logger  *slog.Logger
 	// Now is the local clock for token expiry checks (default time.Now).
 	// Leases, backoff and schedules use the store's clock.
 	Now func() time.Time
@@ -288,15 +298,6 @@ func (r *Refresher) Rejected(ctx context.Context, tok Token) (Token, error) {
 		if rec, err = r.refresh(ctx, tok.CustomerID, TriggerRetry, replaced); err != nil {
 			return Token{}, err
 		}
-	} else if planted("rejected-without-check") {
-		// A planted bug, in plantbugs test builds only: refresh whatever
-		// is stored, as if tok had not been replaced.
-		gen := rec.Generation
-		if rec, err = r.refresh(ctx, tok.CustomerID, TriggerRetry, func(cur *tokencache.Record) bool {
-			return cur.Generation > gen
-		}); err != nil {
-			return Token{}, err
-		}
 	}
 	return tokenOf(rec), nil
 }
@@ -314,21 +315,8 @@ type Exchange struct {
 // Install stores the pair of a new exchange for its customer, replacing
 // whatever was stored (a reauthorization_required state included).
 func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
-	now := r.now()
-	rec := &tokencache.Record{
-		CustomerID:         ex.Pair.CustomerID,
-		AccessToken:        tokencache.Secret(ex.Pair.AccessToken.Reveal()),
-		AccessTokenExpiry:  ex.Pair.AccessTokenExpiry,
-		RefreshToken:       tokencache.Secret(ex.Pair.RefreshToken.Reveal()),
-		RefreshTokenExpiry: ex.Pair.RefreshTokenExpiry,
-		AccessHandle:       tokencache.Secret(ex.AccessHandle.Reveal()),
-		RefreshHandle:      tokencache.Secret(ex.RefreshHandle.Reveal()),
-		ExchangePath:       ex.Path,
-		Replay:             ex.Replay,
-		LastUsed:           now,
-		NextRefresh:        r.nextRefresh(now, ex.Pair.AccessTokenExpiry),
-	}
-	gen, err := r.cfg.Store.Put(ctx, rec)
+	rec := NewRecord(ex, r.now(), r.cfg.RefreshBefore, r.cfg.RefreshJitter)
+	gen, err := tokencache.Put(ctx, r.cfg.Store, rec)
 	if err != nil {
 		r.storeFailed("put")
 		return fmt.Errorf("store exchange: %w", err)
@@ -338,6 +326,25 @@ func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
 	r.pending.drop(rec.CustomerID)
 	r.cache.put(rec)
 	return nil
+}
+
+// NewRecord is the record a new exchange (or an import of its pair, at
+// now) stores: the pair, what refreshes replay, used at now, due
+// NextRefresh(now, expiry, before, jitter).
+func NewRecord(ex Exchange, now time.Time, before, jitter time.Duration) *tokencache.Record {
+	return &tokencache.Record{
+		CustomerID:         ex.Pair.CustomerID,
+		AccessToken:        ex.Pair.AccessToken,
+		AccessTokenExpiry:  ex.Pair.AccessTokenExpiry,
+		RefreshToken:       ex.Pair.RefreshToken,
+		RefreshTokenExpiry: ex.Pair.RefreshTokenExpiry,
+		AccessHandle:       ex.AccessHandle,
+		RefreshHandle:      ex.RefreshHandle,
+		ExchangePath:       ex.Path,
+		Replay:             ex.Replay,
+		LastUsed:           now,
+		NextRefresh:        NextRefresh(now, ex.Pair.AccessTokenExpiry, before, jitter),
+	}
 }
 
 // Status returns what the admin API shows of a customer, ErrNotAuthorized
@@ -373,7 +380,7 @@ func (r *Refresher) Handles(ctx context.Context, customerID string) (Handles, er
 // refresh in flight, on any replica, cannot write them back.
 func (r *Refresher) Forget(ctx context.Context, customerID string) error {
 	r.cache.remove(customerID)
-	if err := r.cfg.Store.Delete(ctx, customerID); err != nil {
+	if err := tokencache.Delete(ctx, r.cfg.Store, customerID); err != nil {
 		// Not deleted: a refreshed pair waiting for the store is still
 		// the customer's only valid one, so it stays.
 		r.storeFailed("delete")
@@ -463,7 +470,7 @@ func (r *Refresher) touch(rec *tokencache.Record) {
 	}
 	rec.LastUsed = r.now() // this copy: no second touch from it
 	r.goBackground(func(ctx context.Context) {
-		if err := r.cfg.Store.TouchLastUsed(ctx, rec.CustomerID); err != nil {
+		if err := tokencache.Touch(ctx, r.cfg.Store, rec.CustomerID, every); err != nil {
 			r.log.Debug("could not record the app call", "customer", rec.CustomerID, "err", err)
 		}
 	})

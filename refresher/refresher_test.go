@@ -438,11 +438,11 @@ type failingStore struct {
 	down atomic.Bool
 }
 
-func (s *failingStore) Complete(ctx context.Context, l *tokencache.Lease, o tokencache.Outcome) (int64, error) {
-	if s.down.Load() {
-		return 0, tokencache.ErrUnavailable
+func (s *failingStore) Update(ctx context.Context, id string, d tokencache.Decision) error {
+	if d.Op == tokencache.OpComplete && s.down.Load() {
+		return tokencache.ErrUnavailable
 	}
-	return s.Memory.Complete(ctx, l, o)
+	return s.Memory.Update(ctx, id, d)
 }
 
 func TestRefreshedPairNeverThrownAway(t *testing.T) {

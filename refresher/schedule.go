@@ -100,7 +100,7 @@ func (r *Refresher) scheduled(ctx context.Context, id string) {
 	switch {
 	case errors.Is(err, ErrNotAuthorized):
 		// A schedule entry that outlived its record: drop it.
-		_ = r.cfg.Store.Delete(ctx, id)
+		_ = tokencache.Delete(ctx, r.cfg.Store, id)
 		return
 	case err != nil:
 		r.log.Warn("scheduled refresh: could not read the customer", "customer", id, "err", err)
@@ -140,18 +140,21 @@ func (r *Refresher) idle(ctx context.Context, rec *tokencache.Record) bool {
 	}
 	next := *rec
 	next.NextRefresh = keepAlive
-	if _, err := r.cfg.Store.CompareAndSwap(ctx, &next, rec.Generation); err != nil && !errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.CompareAndSwap(ctx, r.cfg.Store, &next, rec.Generation); err != nil && !errors.Is(err, tokencache.ErrConflict) {
 		r.log.Warn("could not reschedule an idle customer", "customer", rec.CustomerID, "err", err)
 	}
 	r.log.Debug("idle customer: refreshed on its next call", "customer", rec.CustomerID, "keep_alive", keepAlive)
 	return true
 }
 
-// census recounts tokenproxy_tokens{state}.
+// census recounts tokenproxy_tokens{state}, when Config.Census is set.
 func (r *Refresher) census(ctx context.Context) {
+	if r.cfg.Census == nil {
+		return
+	}
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	c, err := r.cfg.Store.Census(cctx)
+	c, err := r.cfg.Census(cctx)
 	if err != nil {
 		r.storeFailed("census")
 		r.log.Warn("could not count tokens", "err", err)

@@ -10,12 +10,10 @@ import (
 // bucket's schedule and whatever other packages keep per customer (leases,
 // journal entries) live in one slot and one Lua script can touch them all:
 //
-//	<prefix>{b<N>}:rec:<customerID>         the record (a hash)
-//	<prefix>{b<N>}:tomb:<customerID>        tombstone after Delete (a string: the generation)
-//	<prefix>{b<N>}:due                      the bucket's schedule (a sorted set: customer id
-//	                                        scored by NextRefresh in Unix milliseconds)
-//	<prefix>{b<N>}:lease:<customerID>       the refresh lease (see refresh.go)
-//	<prefix>{b<N>}:jrnl:<customerID>:<rth>  a journal entry (see refresh.go)
+//	<prefix>{b<N>}:rec:<customerID>  the customer's Entry (a hash: record, lease,
+//	                                 intent, journal; after Delete the tombstone)
+//	<prefix>{b<N>}:due               the bucket's schedule (a sorted set: customer id
+//	                                 scored by NextRefresh in Unix milliseconds)
 //
 // and one key-less name, the pub/sub channel <prefix>done.
 
@@ -59,23 +57,11 @@ func (s *Redis) CustomerKey(customerID, kind string) string {
 // RecordKey is the key of the customer's record hash.
 func (s *Redis) RecordKey(customerID string) string { return s.CustomerKey(customerID, "rec") }
 
-// TombstoneKey is the key of the customer's tombstone.
-func (s *Redis) TombstoneKey(customerID string) string { return s.CustomerKey(customerID, "tomb") }
-
 // DueKey is the key of the bucket's schedule: a sorted set of customer ids
 // scored by NextRefresh in Unix milliseconds. An entry may outlive its
 // record (a record forgotten by its TTL), so readers treat ErrNotFound from
 // Get as "remove the entry".
 func (s *Redis) DueKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "due" }
-
-// LeaseKey is the key of the customer's refresh lease.
-func (s *Redis) LeaseKey(customerID string) string { return s.CustomerKey(customerID, "lease") }
-
-// JournalKey is the key of the journal entry of presenting the customer's
-// refresh token whose RefreshTokenHash is rth.
-func (s *Redis) JournalKey(customerID, rth string) string {
-	return s.CustomerKey(customerID, "jrnl") + ":" + rth
-}
 
 // DoneChannel is the pub/sub channel on which every completed refresh, Put
 // and Delete publishes the customer id.

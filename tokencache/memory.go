@@ -1,18 +1,21 @@
 package tokencache
 
 import (
+	"container/heap"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
 
 // MemoryConfig configures a Memory store.
 type MemoryConfig struct {
-	// Now is the store's clock: tombstone and record expiry, leases,
-	// backoff and the schedule; nil means time.Now.
+	// Now is the store's clock: every decision and expiry; nil means
+	// time.Now.
 	Now func() time.Time
 	// Buckets is the number of schedule buckets; DefaultBuckets when zero
 	// or negative.
@@ -25,58 +28,18 @@ type MemoryConfig struct {
 // token. Records are kept as given (tokens are not sealed: they never leave
 // the process) and are lost on restart.
 //
-// Memory has the same semantics as the Redis store, generations, tombstones,
-// record expiry and the refresh protocol (RefreshStore) included. It is
-// safe for concurrent use.
+// Memory applies each Decision under one lock, with its clock read under
+// it, so it has the same semantics as the Redis store. It is safe for
+// concurrent use.
 type Memory struct {
 	now     func() time.Time
 	buckets int
 	hub     watchHub
 
-	mu         sync.Mutex
-	records    map[string]*memRecord
-	tombs      map[string]memTomb
-	lastSweep  time.Time
-	leases     map[string]memLease
-	journal    map[memJournalKey]memJournal
-	lastJSweep time.Time
-	due        memDue
-	fence      int64 // last fence handed out, for all customers: never reused
-}
-
-// memRecord is a stored record with the protocol state the Redis store
-// keeps in the same hash.
-type memRecord struct {
-	// rec is normalized, with Generation, RefreshTokenHash, Failures and
-	// NotBefore set.
-	rec     *Record
-	expires time.Time // zero: never
-	intent  memIntent // zero: none
-}
-
-// memIntent: refresh token hash (ih) claimed attempts times, last by owner
-// with fence at time at.
-type memIntent struct {
-	hash     string
-	attempts int
-	owner    string
-	fence    int64
-	at       time.Time
-	// leaseUntil: the claim that wrote it recorded no outcome yet, and its
-	// lease runs (ran) until then; graceUntil: the grace given to it once
-	// that passed (Redis "le" and "lg", see claimScript).
-	leaseUntil, graceUntil time.Time
-}
-
-type memLease struct {
-	owner   string
-	fence   int64
-	expires time.Time
-}
-
-type memTomb struct {
-	gen     int64
-	expires time.Time
+	mu        sync.Mutex
+	entries   map[string]*Entry // each a private copy, replaced on write
+	lastSweep time.Time
+	due       memDue
 }
 
 var _ Store = (*Memory)(nil)
@@ -91,15 +54,7 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	if buckets <= 0 {
 		buckets = DefaultBuckets
 	}
-	return &Memory{
-		now:     now,
-		buckets: buckets,
-		records: make(map[string]*memRecord),
-		tombs:   make(map[string]memTomb),
-		leases:  make(map[string]memLease),
-		journal: make(map[memJournalKey]memJournal),
-		due:     newMemDue(buckets),
-	}
+	return &Memory{now: now, buckets: buckets, entries: make(map[string]*Entry), due: newMemDue(buckets)}
 }
 
 // memRefreshTokenHash is the memory store's RefreshTokenHash: unkeyed,
@@ -120,146 +75,285 @@ func (m *Memory) Get(ctx context.Context, customerID string) (*Record, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	r := m.record(customerID, m.now())
-	if r == nil {
+	e := m.entry(customerID, m.now())
+	if e == nil || e.Record == nil {
 		return nil, ErrNotFound
 	}
-	return clone(r.rec), nil
+	return clone(e.Record), nil
 }
 
-// Put replaces the customer's record; see Store.Put.
-func (m *Memory) Put(ctx context.Context, rec *Record) (int64, error) {
-	return m.write(ctx, rec, false, 0)
-}
-
-// CompareAndSwap writes rec if the stored generation is expect; see
-// Store.CompareAndSwap.
-func (m *Memory) CompareAndSwap(ctx context.Context, rec *Record, expect int64) (int64, error) {
-	return m.write(ctx, rec, true, expect)
-}
-
-func (m *Memory) write(ctx context.Context, rec *Record, cas bool, expect int64) (int64, error) {
-	op := "put record"
-	if cas {
-		op = "compare and swap record"
-	}
-	if err := checkRecord(rec); err != nil {
-		return 0, fmt.Errorf("%s: %w", op, err)
-	}
+// Update applies d under the store's lock; see Store.Update.
+func (m *Memory) Update(ctx context.Context, customerID string, d Decision) error {
 	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("%s: %w", op, err)
+		return fmt.Errorf("%s: %w", d.Op, err)
 	}
-	stored := normalize(rec)
-
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.now()
-	cur := m.record(rec.CustomerID, now)
-	if cas {
-		if cur == nil {
-			return 0, ErrNotFound
-		}
-		if cur.rec.Generation != expect {
-			return 0, ErrConflict
-		}
-	}
-	var gen int64
+	now := storedTime(m.now())
+	m.sweep(now)
+	cur := m.entry(customerID, now)
+	var next Entry
 	if cur != nil {
-		gen = cur.rec.Generation
+		next = copyEntry(cur)
 	}
-	if t, ok := m.tomb(rec.CustomerID, now); ok && t.gen > gen {
-		gen = t.gen
+	write, err := d.Apply(&next, now)
+	if !write {
+		return err
 	}
-	gen++
-	stored.Generation = gen
-	stored.RefreshTokenHash = memRefreshTokenHash(rec.CustomerID, stored.RefreshToken)
-	next := &memRecord{rec: stored, expires: expiresAt(stored)}
-	if cas {
-		// A CAS rewrites the record's own fields; the protocol state
-		// (intent, failures, cooldown) stays.
-		next.intent = cur.intent
-		stored.Failures = cur.rec.Failures
-		stored.NotBefore = cur.rec.NotBefore
+	if r := next.Record; recordWritten(cur, &next) && r.RefreshTokenHash == "" {
+		r.RefreshTokenHash = memRefreshTokenHash(customerID, r.RefreshToken)
+	}
+	if next.Record == nil && next.Tombstone == 0 {
+		delete(m.entries, customerID)
 	} else {
-		// A new exchange starts afresh: no intent, failures, cooldown or
-		// lease of the old refresh token survive it.
-		delete(m.leases, rec.CustomerID)
+		m.entries[customerID] = &next
 	}
-	m.records[rec.CustomerID] = next
-	m.due.set(rec.CustomerID, Bucket(rec.CustomerID, m.buckets), stored.NextRefresh)
-	if !cas {
-		m.hub.notify(rec.CustomerID) // never blocks
+	var nr time.Time
+	if next.Record != nil {
+		nr = next.Record.NextRefresh
 	}
-	return gen, nil
+	m.due.set(customerID, Bucket(customerID, m.buckets), nr)
+	if changed(cur, &next) {
+		m.hub.notify(customerID) // never blocks
+	}
+	return err
 }
 
-// Delete forgets the customer's record; see Store.Delete.
-func (m *Memory) Delete(ctx context.Context, customerID string) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("delete record: %w", err)
+// copyEntry is a deep copy of e.
+func copyEntry(e *Entry) Entry {
+	c := *e
+	if e.Record != nil {
+		c.Record = clone(e.Record)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	now := m.now()
-	m.sweepTombs(now)
-	m.due.remove(customerID)
-	delete(m.leases, customerID)
-	cur := m.record(customerID, now)
-	if cur == nil {
-		return nil
-	}
-	gen := cur.rec.Generation
-	if t, ok := m.tomb(customerID, now); ok && t.gen > gen {
-		gen = t.gen
-	}
-	m.tombs[customerID] = memTomb{gen: gen + 1, expires: now.Add(TombstoneTTL)}
-	delete(m.records, customerID)
-	m.hub.notify(customerID) // never blocks
-	return nil
+	return c
 }
 
-// Ping always succeeds unless ctx is done.
-func (m *Memory) Ping(ctx context.Context) error {
-	return ctx.Err()
+// changed reports whether a write from cur to next changes what watchers
+// wait for: the record's generation, or the record itself going.
+func changed(cur, next *Entry) bool {
+	var was Entry
+	if cur != nil {
+		was = *cur
+	}
+	return generation(&was) != generation(next) || (was.Record != nil) != (next.Record != nil)
 }
 
-// record returns the live record of the customer, dropping it if it has
-// expired, as Redis would have. m.mu must be held.
-func (m *Memory) record(customerID string, now time.Time) *memRecord {
-	r, ok := m.records[customerID]
+// entry returns the customer's live entry, dropping it if it has expired,
+// as Redis would have. m.mu must be held.
+func (m *Memory) entry(customerID string, now time.Time) *Entry {
+	e, ok := m.entries[customerID]
 	if !ok {
 		return nil
 	}
-	if !r.expires.IsZero() && !now.Before(r.expires) {
-		delete(m.records, customerID)
+	if !e.Expires.IsZero() && !now.Before(e.Expires) {
+		delete(m.entries, customerID)
 		m.due.remove(customerID)
 		return nil
 	}
-	return r
+	return e
 }
 
-// tomb returns the live tombstone of the customer. m.mu must be held.
-func (m *Memory) tomb(customerID string, now time.Time) (memTomb, bool) {
-	t, ok := m.tombs[customerID]
-	if !ok {
-		return memTomb{}, false
-	}
-	if !now.Before(t.expires) {
-		delete(m.tombs, customerID)
-		return memTomb{}, false
-	}
-	return t, true
-}
-
-// sweepTombs drops expired tombstones at most once an hour, so that
-// tombstones of customers never seen again do not pile up. m.mu must be
-// held.
-func (m *Memory) sweepTombs(now time.Time) {
+// sweep drops expired entries at most once an hour, so that tombstones of
+// customers never seen again do not pile up. m.mu must be held.
+func (m *Memory) sweep(now time.Time) {
 	if now.Sub(m.lastSweep) < time.Hour {
 		return
 	}
 	m.lastSweep = now
-	for id := range m.tombs {
-		m.tomb(id, now)
+	for id := range m.entries {
+		m.entry(id, now)
 	}
+}
+
+// Ping always succeeds unless ctx is done.
+func (m *Memory) Ping(ctx context.Context) error { return ctx.Err() }
+
+// Buckets is the number of schedule buckets.
+func (m *Memory) Buckets() int { return m.buckets }
+
+// Close does nothing: the memory store has no background work.
+func (m *Memory) Close() error { return nil }
+
+// Watch wakes on every write that changes the customer's generation or
+// removes its record; see Store.Watch.
+func (m *Memory) Watch(customerID string) (<-chan struct{}, func()) {
+	return m.hub.add(customerID)
+}
+
+// Due lists the customers due for refresh; see Store.Due. It costs
+// O(limit log limit) per bucket, whatever the number of customers.
+func (m *Memory) Due(ctx context.Context, buckets []int, limit int) ([]DueEntry, error) {
+	if err := checkBuckets(buckets, m.buckets); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list due: %w", err)
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	var out []DueEntry
+	for _, b := range buckets {
+		out = append(out, m.due.list(b, now.UnixMilli(), limit)...)
+	}
+	return mergeDue(out, limit), nil
+}
+
+// Census counts the customers by state at the store's now. It visits
+// every entry.
+func (m *Memory) Census(ctx context.Context) (Census, error) {
+	if err := ctx.Err(); err != nil {
+		return Census{}, fmt.Errorf("census: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	var c Census
+	for id := range m.entries {
+		if e := m.entry(id, now); e != nil {
+			c.add(e, now)
+		}
+	}
+	return c, nil
+}
+
+func checkBuckets(buckets []int, n int) error {
+	for _, b := range buckets {
+		if b < 0 || b >= n {
+			return fmt.Errorf("list due: bucket %d not in [0, %d)", b, n)
+		}
+	}
+	return nil
+}
+
+// mergeDue sorts entries by due time, then customer id, and keeps the
+// first limit.
+func mergeDue(out []DueEntry, limit int) []DueEntry {
+	slices.SortFunc(out, func(a, b DueEntry) int {
+		if c := a.Due.Compare(b.Due); c != 0 {
+			return c
+		}
+		return strings.Compare(a.CustomerID, b.CustomerID)
+	})
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+// memDue is the memory store's schedule: per bucket, a min-heap of
+// customers by (due, id), with an index to move or remove one in
+// O(log n).
+type memDue struct {
+	heaps []dueHeap
+	items map[string]*dueItem
+}
+
+type dueItem struct {
+	id     string
+	due    int64 // Unix ms
+	bucket int
+	index  int
+}
+
+func newMemDue(buckets int) memDue {
+	return memDue{heaps: make([]dueHeap, buckets), items: make(map[string]*dueItem)}
+}
+
+// set schedules the customer at due, or unschedules it when due is zero.
+func (d *memDue) set(id string, bucket int, due time.Time) {
+	if due.IsZero() {
+		d.remove(id)
+		return
+	}
+	ms := due.UnixMilli()
+	if it, ok := d.items[id]; ok {
+		it.due = ms
+		heap.Fix(&d.heaps[it.bucket], it.index)
+		return
+	}
+	it := &dueItem{id: id, due: ms, bucket: bucket}
+	d.items[id] = it
+	heap.Push(&d.heaps[bucket], it)
+}
+
+func (d *memDue) remove(id string) {
+	it, ok := d.items[id]
+	if !ok {
+		return
+	}
+	heap.Remove(&d.heaps[it.bucket], it.index)
+	delete(d.items, id)
+}
+
+// list returns up to limit entries of the bucket due at or before now,
+// earliest first, walking the heap best-first without changing it.
+func (d *memDue) list(bucket int, now int64, limit int) []DueEntry {
+	h := d.heaps[bucket]
+	var out []DueEntry
+	frontier := &indexHeap{h: h}
+	if len(h) > 0 {
+		heap.Push(frontier, 0)
+	}
+	for frontier.Len() > 0 && len(out) < limit {
+		i := heap.Pop(frontier).(int)
+		if h[i].due > now {
+			break // every other candidate is later still
+		}
+		out = append(out, DueEntry{CustomerID: h[i].id, Due: time.UnixMilli(h[i].due).UTC()})
+		for _, c := range []int{2*i + 1, 2*i + 2} {
+			if c < len(h) {
+				heap.Push(frontier, c)
+			}
+		}
+	}
+	return out
+}
+
+type dueHeap []*dueItem
+
+func dueLess(a, b *dueItem) bool {
+	if a.due != b.due {
+		return a.due < b.due
+	}
+	return a.id < b.id
+}
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return dueLess(h[i], h[j]) }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+func (h *dueHeap) Push(x any) {
+	it := x.(*dueItem)
+	it.index = len(*h)
+	*h = append(*h, it)
+}
+func (h *dueHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return it
+}
+
+// indexHeap orders positions of a dueHeap by their items.
+type indexHeap struct {
+	h   dueHeap
+	idx []int
+}
+
+func (x *indexHeap) Len() int           { return len(x.idx) }
+func (x *indexHeap) Less(i, j int) bool { return dueLess(x.h[x.idx[i]], x.h[x.idx[j]]) }
+func (x *indexHeap) Swap(i, j int)      { x.idx[i], x.idx[j] = x.idx[j], x.idx[i] }
+func (x *indexHeap) Push(v any)         { x.idx = append(x.idx, v.(int)) }
+func (x *indexHeap) Pop() any {
+	v := x.idx[len(x.idx)-1]
+	x.idx = x.idx[:len(x.idx)-1]
+	return v
 }

@@ -56,7 +56,7 @@ func TestMemoryRecordExpiry(t *testing.T) {
 			m := tokencache.NewMemory(tokencache.MemoryConfig{Now: clock.Now})
 			rec := storetest.FullRecord("c1")
 			rec.RefreshTokenExpiry = tc.rtExpiry
-			if _, err := m.Put(ctx, rec); err != nil {
+			if _, err := tokencache.Put(ctx, m, rec); err != nil {
 				t.Fatal(err)
 			}
 			clock.Advance(tc.advance)
@@ -79,35 +79,35 @@ func TestMemoryTombstoneExpiry(t *testing.T) {
 	rec.RefreshTokenExpiry = time.Time{} // kept for good: only the tombstone expires
 	var last int64
 	for range 3 {
-		g, err := m.Put(ctx, rec)
+		g, err := tokencache.Put(ctx, m, rec)
 		if err != nil {
 			t.Fatal(err)
 		}
 		last = g
 	}
-	if err := m.Delete(ctx, "c1"); err != nil {
+	if err := tokencache.Delete(ctx, m, "c1"); err != nil {
 		t.Fatal(err)
 	}
 
 	// Within the tombstone's life, generations keep growing.
 	clock.Advance(tokencache.TombstoneTTL - time.Second)
-	g, err := m.Put(ctx, rec)
+	g, err := tokencache.Put(ctx, m, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if g <= last+1 {
 		t.Fatalf("Put after Delete: generation %d, want above the tombstone's %d", g, last+1)
 	}
-	if err := m.Delete(ctx, "c1"); err != nil {
+	if err := tokencache.Delete(ctx, m, "c1"); err != nil {
 		t.Fatal(err)
 	}
 
 	// After it, as in Redis, the customer starts afresh.
 	clock.Advance(tokencache.TombstoneTTL + 2*time.Hour)
-	if err := m.Delete(ctx, "other"); err != nil { // sweeps expired tombstones
+	if err := tokencache.Delete(ctx, m, "other"); err != nil { // sweeps expired tombstones
 		t.Fatal(err)
 	}
-	g, err = m.Put(ctx, rec)
+	g, err = tokencache.Put(ctx, m, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestMemoryRefreshConformance(t *testing.T) {
 	// One clock for all subtests: RunRefresh runs them one at a time. It
 	// starts at the real time, since FullRecord's times are relative to it.
 	clock := &fakeClock{now: time.Now()}
-	storetest.RunRefresh(t, func(t *testing.T) tokencache.RefreshStore {
+	storetest.RunRefresh(t, func(t *testing.T) tokencache.Store {
 		return tokencache.NewMemory(tokencache.MemoryConfig{Now: clock.Now})
 	}, clock.Advance)
 }
@@ -137,23 +137,27 @@ func TestMemoryJournalExpiry(t *testing.T) {
 	ctx := context.Background()
 	clock := &fakeClock{now: time.Now()}
 	m := tokencache.NewMemory(tokencache.MemoryConfig{Now: clock.Now})
-	gen, err := m.Put(ctx, storetest.FullRecord("c1"))
+	gen, err := tokencache.Put(ctx, m, storetest.FullRecord("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := m.Claim(ctx, "c1", gen, "owner", time.Minute, false)
+	l, err := tokencache.Claim(ctx, m, "c1", gen, "owner", time.Minute, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT"}); err != nil {
+	if _, err := tokencache.Complete(ctx, m, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT"}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := m.Get(ctx, "c1")
+	if err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(tokencache.JournalTTL - time.Millisecond)
-	if _, err := m.Journal(ctx, "c1", l.RefreshTokenHash); err != nil {
-		t.Fatalf("Journal within its TTL: %v", err)
+	if !rec.Journal.For(l.RefreshTokenHash, clock.Now()) {
+		t.Fatalf("Journal %+v not answering within its TTL", rec.Journal)
 	}
 	clock.Advance(time.Millisecond)
-	if _, err := m.Journal(ctx, "c1", l.RefreshTokenHash); !errors.Is(err, tokencache.ErrNotFound) {
-		t.Fatalf("Journal after its TTL: %v, want ErrNotFound", err)
+	if rec.Journal.For(l.RefreshTokenHash, clock.Now()) {
+		t.Fatalf("Journal %+v still answering after its TTL", rec.Journal)
 	}
 }

@@ -18,21 +18,16 @@ import (
 // refuses formats it does not know rather than misread them; a rolling
 // upgrade that changes the format must first ship readers of the new one.
 //
-// The refresh protocol added fields (rth, fa, nb, fence and the intent, see
-// refresh.go) without a new version: every one of them is optional (absent
-// means zero, no intent, no cooldown), and readers ignore fields they do
-// not know, so records of either release read with the other. A record
-// written before has no rth until its next write; its refresh token is
-// then named by "" in leases and the journal, which is still exact, since
-// every write of this release sets rth. Replicas of the earlier release
-// take no leases, though, so they must not refresh beside this one.
+// The protocol's state (see Entry) lives in the same hash, in optional
+// fields (absent means zero: no lease, no intent, no cooldown), so records
+// of either release read with the other. Leases and tombstones used to be
+// keys of their own; replicas of that release take no leases this one
+// sees, so they must not refresh beside it.
 const formatVersion = "1"
 
-// Record hash fields. Times are Unix milliseconds; empty fields are deleted
-// rather than stored, so an absent field means the zero value. Besides
-// these, writeScript keeps "gen" (the generation) and "op" (the id of the
-// write that set it, which makes a resent write idempotent), and the
-// refresh protocol its own fields (see refresh.go).
+// Record hash fields. Times are Unix milliseconds; empty fields are not
+// stored, so an absent field means the zero value. The Entry's own fields
+// follow in redis_entry.go.
 const (
 	fVersion     = "v"
 	fGeneration  = "gen"
@@ -86,8 +81,9 @@ type RedisConfig struct {
 
 // Redis is a Store in Redis, shared by every replica that uses the same
 // Redis and key prefix. Tokens are sealed (see Keyring.Seal) before they
-// leave the process. Every write is one Lua script, atomic also in Redis
-// Cluster because all keys of a customer share a hash tag (see CustomerKey).
+// leave the process. Every write is one optimistic transaction on the
+// customer's hash (Update), atomic also in Redis Cluster because all keys
+// of a customer share a hash tag (see CustomerKey).
 //
 // Errors from Redis (network, timeouts, LOADING, CLUSTERDOWN, ...) wrap
 // ErrUnavailable; records that do not open with the keyring give a
@@ -99,7 +95,7 @@ type Redis struct {
 	waitReplicas int
 	buckets      int
 	// rthKeys are the HMAC keys of RefreshTokenHash, one per keyring
-	// key, the sealing one first.
+	// key; the first (the sealing key's) names new tokens.
 	rthKeys [][]byte
 
 	hub watchHub
@@ -152,207 +148,6 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		buckets:      buckets,
 		rthKeys:      rthKeys,
 	}, nil
-}
-
-// Get returns the customer's record, or ErrNotFound. A record that does not
-// open with the keyring is a *SealError.
-func (s *Redis) Get(ctx context.Context, customerID string) (*Record, error) {
-	vals, err := s.client.HGetAll(ctx, s.RecordKey(customerID)).Result()
-	if err != nil {
-		if redis.HasErrorPrefix(err, "WRONGTYPE") {
-			// The key holds something else than a record hash: damaged,
-			// not an outage, so no locally held token stands in for it.
-			return nil, corrupt("record", "not a hash")
-		}
-		return nil, unavailable("get record", err)
-	}
-	if len(vals) == 0 {
-		return nil, ErrNotFound
-	}
-	rec, err := s.decode(customerID, vals)
-	if err != nil {
-		return nil, fmt.Errorf("get record: %w", err)
-	}
-	return rec, nil
-}
-
-// Put replaces the customer's record; see Store.Put. With WaitReplicas, a
-// write that too few replicas acknowledged returns its generation together
-// with an error wrapping ErrUnavailable: it is on the master, but could be
-// lost with it.
-func (s *Redis) Put(ctx context.Context, rec *Record) (int64, error) {
-	return s.write(ctx, "put record", rec, "put", 0)
-}
-
-// CompareAndSwap writes rec if the stored generation is expect; see
-// Store.CompareAndSwap and, for WaitReplicas, Put.
-func (s *Redis) CompareAndSwap(ctx context.Context, rec *Record, expect int64) (int64, error) {
-	return s.write(ctx, "compare and swap record", rec, "cas", expect)
-}
-
-// writeScript writes a whole record, if the mode allows, in one step.
-//
-//	KEYS:  record hash, tombstone, bucket schedule, lease
-//	ARGV:  mode ("put" | "cas"), expected generation, op id, customer id,
-//	       due score (ms) or "", expire-at (ms) or "", done channel,
-//	       the refresh token's hashes under every keyring key (space
-//	       separated), then field/value pairs (an empty value deletes the
-//	       field)
-//	reply: {"ok", generation} | {"notfound"} | {"conflict"}
-//
-// The op id makes a write that the client resends (after losing the reply
-// to a timeout) report its first result instead of applying twice: without
-// it a resent CAS would see its own write as a conflict.
-//
-// A put is a new exchange: it also ends the refresh protocol's state of
-// the old token (intent, failures, cooldown, lease) and publishes the
-// customer id. A CAS leaves that state alone, and keeps the stored rth when
-// it is the same token's hash under another keyring key (the sealing key
-// was rotated since), so that a CAS that rewrites the same refresh token
-// never makes an outstanding lease's Complete see a "new" token.
-var writeScript = redis.NewScript(`
-local exists = redis.call('EXISTS', KEYS[1]) == 1
-local cur = 0
-if exists then
-  cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
-  if redis.call('HGET', KEYS[1], 'op') == ARGV[3] then
-    return {'ok', string.format('%d', cur)}
-  end
-end
-if ARGV[1] == 'cas' then
-  if not exists then return {'notfound'} end
-  if cur ~= tonumber(ARGV[2]) then return {'conflict'} end
-end
-local gen = cur
-local tomb = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if tomb > gen then gen = tomb end
-gen = gen + 1
-local g = string.format('%d', gen)
-local keeprth = false
-if ARGV[1] == 'cas' then
-  local rth = redis.call('HGET', KEYS[1], 'rth')
-  keeprth = rth and rth ~= '' and string.find(' ' .. ARGV[8] .. ' ', ' ' .. rth .. ' ', 1, true) ~= nil
-end
-local set, del = {'gen', g, 'op', ARGV[3]}, {}
-for i = 9, #ARGV, 2 do
-  if ARGV[i] == 'rth' and keeprth then
-    -- the same token, hashed under an older key: keep its name
-  elseif ARGV[i + 1] == '' then
-    del[#del + 1] = ARGV[i]
-  else
-    set[#set + 1] = ARGV[i]
-    set[#set + 1] = ARGV[i + 1]
-  end
-end
-if ARGV[1] == 'put' then
-  for _, f in ipairs({'ih', 'it', 'io', 'ia', 'if', 'co', 'le', 'lg', 'fa', 'nb'}) do del[#del + 1] = f end
-  redis.call('DEL', KEYS[4])
-end
-redis.call('HSET', KEYS[1], unpack(set))
-if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
-if ARGV[5] == '' then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-else
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-end
-if ARGV[6] == '' then
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('PEXPIREAT', KEYS[1], ARGV[6])
-end
-if ARGV[1] == 'put' then redis.call('PUBLISH', ARGV[7], ARGV[4]) end
-return {'ok', g}
-`)
-
-func (s *Redis) write(ctx context.Context, op string, rec *Record, mode string, expect int64) (int64, error) {
-	opID, err := newOpID()
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", op, err)
-	}
-	return s.writeOp(ctx, op, rec, mode, expect, opID)
-}
-
-// writeOp is write with a given op id; a second call with the same id
-// stands for the client resending the command.
-func (s *Redis) writeOp(ctx context.Context, op string, rec *Record, mode string, expect int64, opID string) (int64, error) {
-	if err := checkRecord(rec); err != nil {
-		return 0, fmt.Errorf("%s: %w", op, err)
-	}
-	n := normalize(rec)
-	fields, err := s.encode(n)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", op, err)
-	}
-	args := make([]any, 0, 8+len(fields))
-	args = append(args, mode, strconv.FormatInt(expect, 10), opID, n.CustomerID,
-		unixMilli(n.NextRefresh), unixMilli(expiresAt(n)), s.DoneChannel(),
-		strings.Join(s.refreshTokenHashes(n.CustomerID, n.RefreshToken), " "))
-	args = append(args, fields...)
-	keys := []string{s.RecordKey(n.CustomerID), s.TombstoneKey(n.CustomerID), s.DueKey(s.BucketOf(n.CustomerID)),
-		s.LeaseKey(n.CustomerID)}
-
-	reply, err := s.run(ctx, op, writeScript, keys, args)
-	if reply == nil {
-		return 0, err
-	}
-	r, ok := reply.([]any)
-	if !ok || len(r) == 0 {
-		return 0, fmt.Errorf("%s: unexpected script reply %T", op, reply)
-	}
-	switch r[0] {
-	case "ok":
-		if len(r) < 2 {
-			return 0, fmt.Errorf("%s: script reply without generation", op)
-		}
-		g, _ := r[1].(string)
-		gen, perr := strconv.ParseInt(g, 10, 64)
-		if perr != nil {
-			return 0, fmt.Errorf("%s: malformed generation in script reply", op)
-		}
-		if mode == "put" {
-			s.hub.notify(n.CustomerID) // local waiters need not wait for pub/sub
-		}
-		return gen, err // err: the write is made but not replicated enough
-	case "notfound":
-		return 0, ErrNotFound
-	case "conflict":
-		return 0, ErrConflict
-	default:
-		return 0, fmt.Errorf("%s: unexpected script reply %v", op, r[0])
-	}
-}
-
-// deleteScript removes a record and its lease, leaves a tombstone with a
-// higher generation and publishes the customer id.
-//
-//	KEYS:  record hash, tombstone, bucket schedule, lease
-//	ARGV:  customer id, tombstone TTL in seconds, done channel
-//	reply: the tombstone's generation, 0 when there was no record
-var deleteScript = redis.NewScript(`
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[4])
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') or 0
-local tomb = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if tomb > gen then gen = tomb end
-gen = gen + 1
-redis.call('SET', KEYS[2], string.format('%d', gen), 'EX', ARGV[2])
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], ARGV[1])
-return gen
-`)
-
-// Delete forgets the customer's record; see Store.Delete and, for
-// WaitReplicas, Put.
-func (s *Redis) Delete(ctx context.Context, customerID string) error {
-	keys := []string{s.RecordKey(customerID), s.TombstoneKey(customerID), s.DueKey(s.BucketOf(customerID)),
-		s.LeaseKey(customerID)}
-	reply, err := s.run(ctx, "delete record", deleteScript, keys,
-		[]any{customerID, strconv.Itoa(int(TombstoneTTL / time.Second)), s.DoneChannel()})
-	if reply != nil {
-		s.hub.notify(customerID) // local waiters need not wait for pub/sub
-	}
-	return err
 }
 
 // Ping reports whether Redis answers.
@@ -418,10 +213,10 @@ func (s *Redis) run(ctx context.Context, op string, script *redis.Script, keys [
 	}
 	acked, err := wait.Result()
 	if err != nil {
-		return reply, unavailable(op+": wait for replicas", err)
+		return reply, fmt.Errorf("%s: %w: %w", op, errNotReplicated, err)
 	}
 	if acked < int64(s.waitReplicas) {
-		return reply, fmt.Errorf("%s: %w: %d of %d replicas acknowledged the write", op, ErrUnavailable, acked, s.waitReplicas)
+		return reply, fmt.Errorf("%s: %w: %d of %d", op, errNotReplicated, acked, s.waitReplicas)
 	}
 	return reply, nil
 }
@@ -466,36 +261,6 @@ func (s *Redis) sealTokens(rec *Record) ([]any, error) {
 	return out, nil
 }
 
-// encode returns the field/value pairs of a normalized record, tokens
-// sealed with the keyring's first key.
-func (s *Redis) encode(rec *Record) ([]any, error) {
-	sealed, err := s.sealTokens(rec)
-	if err != nil {
-		return nil, err
-	}
-	var replay string
-	if len(rec.Replay) > 0 {
-		b, err := json.Marshal(rec.Replay)
-		if err != nil {
-			return nil, fmt.Errorf("encode replay fields: %w", err)
-		}
-		replay = string(b)
-	}
-	return append(sealed,
-		fVersion, formatVersion,
-		fState, string(rec.State),
-		fLastError, rec.LastError,
-		fAccessExp, unixMilli(rec.AccessTokenExpiry),
-		fRefreshExp, unixMilli(rec.RefreshTokenExpiry),
-		fLastRefresh, unixMilli(rec.LastRefresh),
-		fLastUsed, unixMilli(rec.LastUsed),
-		fNextRefresh, unixMilli(rec.NextRefresh),
-		fPath, rec.ExchangePath,
-		fReplay, replay,
-		fRTH, s.refreshTokenHash(rec.CustomerID, rec.RefreshToken),
-	), nil
-}
-
 // refreshTokenHash is the RefreshTokenHash of a refresh token written now:
 // keyed with the sealing key's hash key; "" for no token.
 func (s *Redis) refreshTokenHash(customerID string, token Secret) string {
@@ -503,19 +268,6 @@ func (s *Redis) refreshTokenHash(customerID string, token Secret) string {
 		return ""
 	}
 	return refreshTokenHash(s.rthKeys[0], s.prefix, customerID, token.Reveal())
-}
-
-// refreshTokenHashes is the token's hash under every keyring key, the
-// sealing one first: the names it may have been stored under.
-func (s *Redis) refreshTokenHashes(customerID string, token Secret) []string {
-	if token == "" {
-		return nil
-	}
-	out := make([]string, len(s.rthKeys))
-	for i, k := range s.rthKeys {
-		out[i] = refreshTokenHash(k, s.prefix, customerID, token.Reveal())
-	}
-	return out
 }
 
 // decode turns a record hash back into a Record, opening the tokens.

@@ -10,11 +10,32 @@ import (
 	"github.com/tokenproxy/tokenproxy/internal/testenv"
 )
 
+// resendHook makes go-redis send every write script twice, as it does
+// when a timeout hid a successful first attempt: the caller sees the
+// second attempt's reply.
+type resendHook struct{}
+
+func (resendHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (resendHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (resendHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		if len(args) > 1 && (args[0] == "evalsha" || args[0] == "eval") && args[1] == casScript.Hash() {
+			if err := next(ctx, cmd); err != nil {
+				return err
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
 // TestRedisResentWriteAppliesOnce covers what the public API cannot
-// provoke on demand: go-redis resending a write script after a timeout
-// that hid a successful first attempt. The resent write must report the
-// first attempt's result, not apply again, and a resent CAS must not see
-// its own write as a conflict.
+// provoke on demand: go-redis resending a write after a timeout that hid a
+// successful first attempt. Every step must apply once and report the
+// first attempt's result: the resent write finds the version changed, and
+// Update recognises its own write on the next read.
 func TestRedisResentWriteAppliesOnce(t *testing.T) {
 	r := testenv.StartRedis(t)
 	client := redis.NewClient(&redis.Options{Addr: r.Addr})
@@ -29,102 +50,34 @@ func TestRedisResentWriteAppliesOnce(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
+	// Load the script so that the hook sees EVALSHA with its hash.
+	if err := casScript.Load(ctx, client).Err(); err != nil {
+		t.Fatal(err)
+	}
+	client.AddHook(resendHook{})
 	rec := &Record{CustomerID: "c1", AccessToken: "a1", RefreshToken: "r1", AccessTokenExpiry: time.Now().Add(time.Hour), ExchangePath: "/v1/authorizations/applyToken"}
-
-	tests := []struct {
-		name   string
-		mode   string
-		expect func(current int64) int64
-	}{
-		{"put", "put", func(int64) int64 { return 0 }},
-		{"compare and swap", "cas", func(current int64) int64 { return current }},
+	gen, err := Put(ctx, s, rec)
+	if err != nil || gen != 1 {
+		t.Fatalf("resent put: generation %d, %v; want 1", gen, err)
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			cur, err := s.Put(ctx, rec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			first, err := s.writeOp(ctx, "test", rec, tc.mode, tc.expect(cur), "op-"+tc.mode)
-			if err != nil {
-				t.Fatalf("first attempt: %v", err)
-			}
-			again, err := s.writeOp(ctx, "test", rec, tc.mode, tc.expect(cur), "op-"+tc.mode)
-			if err != nil {
-				t.Fatalf("resent attempt: %v", err)
-			}
-			if again != first {
-				t.Fatalf("resent write got generation %d, first %d", again, first)
-			}
-			got, err := s.Get(ctx, "c1")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.Generation != first {
-				t.Fatalf("stored generation %d, want %d (applied once)", got.Generation, first)
-			}
-			// A different write with the same stale generation still conflicts.
-			if tc.mode == "cas" {
-				if _, err := s.CompareAndSwap(ctx, rec, cur); !errors.Is(err, ErrConflict) {
-					t.Fatalf("another CAS with the stale generation: %v, want ErrConflict", err)
-				}
-			}
-		})
+	if gen, err = CompareAndSwap(ctx, s, rec, gen); err != nil || gen != 2 {
+		t.Fatalf("resent compare-and-swap: generation %d, %v; want 2 (not a conflict with itself)", gen, err)
 	}
-}
-
-// TestRedisResentProtocolAppliesOnce: a Claim or Complete that go-redis
-// resends after a lost reply reports its first result. A resent Claim must
-// not find its own lease "held", a resent Refreshed not call its own new
-// token a conflict.
-func TestRedisResentProtocolAppliesOnce(t *testing.T) {
-	r := testenv.StartRedis(t)
-	client := redis.NewClient(&redis.Options{Addr: r.Addr})
-	t.Cleanup(func() { client.Close() })
-	kr, err := ParseKeyring("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewRedis(RedisConfig{Client: client, Keyring: kr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	rec := &Record{CustomerID: "c1", AccessToken: "a1", RefreshToken: "r1", AccessTokenExpiry: time.Now().Add(time.Hour), ExchangePath: "/v1/authorizations/applyToken"}
-	gen, err := s.Put(ctx, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	for _, kind := range []OutcomeKind{Unknown, Refused, Refreshed} {
 		t.Run(kind.String(), func(t *testing.T) {
-			first, err := s.claimOp(ctx, "c1", gen, "owner", time.Minute, false, "claim-"+kind.String())
-			if err != nil {
-				t.Fatalf("claim: %v", err)
-			}
-			again, err := s.claimOp(ctx, "c1", gen, "owner", time.Minute, false, "claim-"+kind.String())
+			l, err := Claim(ctx, s, "c1", gen, "owner", time.Minute, true)
 			if err != nil {
 				t.Fatalf("resent claim: %v", err)
 			}
-			if again.Fence != first.Fence || again.Attempt != first.Attempt || again.Represent != first.Represent ||
-				again.RefreshTokenHash != first.RefreshTokenHash || again.Generation != first.Generation {
-				t.Fatalf("resent claim %+v, first %+v", again, first)
-			}
 			// Another claim is still refused.
-			if _, err := s.Claim(ctx, "c1", gen, "owner", time.Minute, true); !errors.Is(err, ErrLeaseHeld) {
+			if _, err := Claim(ctx, s, "c1", gen, "owner", time.Minute, true); !errors.Is(err, ErrLeaseHeld) {
 				t.Fatalf("another claim: %v, want ErrLeaseHeld", err)
 			}
-
-			o := Outcome{Kind: kind, Code: "CODE", Backoff: 0}
+			o := Outcome{Kind: kind, Code: "CODE"}
 			if kind == Refreshed {
 				o = Outcome{Kind: kind, Record: &Record{AccessToken: "a2", RefreshToken: "r2", AccessTokenExpiry: time.Now().Add(time.Hour)}}
 			}
-			g1, err := s.completeOp(ctx, first, o, "complete-"+kind.String())
-			if err != nil {
-				t.Fatalf("complete: %v", err)
-			}
-			g2, err := s.completeOp(ctx, first, o, "complete-"+kind.String())
+			g, err := Complete(ctx, s, l, o)
 			if err != nil {
 				t.Fatalf("resent complete: %v", err)
 			}
@@ -132,20 +85,23 @@ func TestRedisResentProtocolAppliesOnce(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if g2 != g1 || got.Generation != g1 {
-				t.Fatalf("resent complete: generation %d, first %d, stored %d", g2, g1, got.Generation)
+			if g != gen+1 || got.Generation != g {
+				t.Fatalf("resent complete: generation %d, stored %d, want %d", g, got.Generation, gen+1)
 			}
 			if kind != Refreshed && got.Failures != 1 {
 				t.Fatalf("failures %d after one %v applied twice?", got.Failures, kind)
 			}
-			gen = g1
+			if kind == Refreshed && got.Failures != 0 {
+				t.Fatalf("failures %d after Refreshed", got.Failures)
+			}
+			gen = g
 			if kind == Unknown {
 				// Reset the failure count for the next kind.
-				l, err := s.Claim(ctx, "c1", gen, "owner", time.Minute, true)
+				l, err := Claim(ctx, s, "c1", gen, "owner", time.Minute, true)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if gen, err = s.Complete(ctx, l, Outcome{Kind: Refreshed, Record: rec}); err != nil {
+				if gen, err = Complete(ctx, s, l, Outcome{Kind: Refreshed, Record: rec}); err != nil {
 					t.Fatal(err)
 				}
 			}

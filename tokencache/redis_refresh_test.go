@@ -22,7 +22,7 @@ func TestRedisRefreshConformance(t *testing.T) {
 	r := testenv.StartRedis(t)
 	client := newClient(t, r.URL)
 	keyring := mustKeyring(t, newKey(t))
-	storetest.RunRefresh(t, func(t *testing.T) tokencache.RefreshStore {
+	storetest.RunRefresh(t, func(t *testing.T) tokencache.Store {
 		return newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: keyring})
 	}, time.Sleep)
 }
@@ -32,7 +32,7 @@ func TestRedisRefreshConformanceWaitReplicas(t *testing.T) {
 	master, _ := startReplicated(t)
 	client := newClient(t, master.URL)
 	keyring := mustKeyring(t, newKey(t))
-	storetest.RunRefresh(t, func(t *testing.T) tokencache.RefreshStore {
+	storetest.RunRefresh(t, func(t *testing.T) tokencache.Store {
 		return newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: keyring, WaitReplicas: 1})
 	}, time.Sleep)
 }
@@ -42,7 +42,7 @@ func TestRedisClusterRefreshConformance(t *testing.T) {
 	r := startCluster(t)
 	client := newClusterClient(t, r.Addr)
 	keyring := mustKeyring(t, newKey(t))
-	storetest.RunRefresh(t, func(t *testing.T) tokencache.RefreshStore {
+	storetest.RunRefresh(t, func(t *testing.T) tokencache.Store {
 		return newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: keyring})
 	}, time.Sleep)
 }
@@ -76,7 +76,7 @@ func testWatchAcrossStores(t *testing.T, r *testenv.Redis, newClient func() redi
 
 	gens := map[string]int64{}
 	for _, id := range []string{"completed", "put", "deleted"} {
-		g, err := writing.Put(ctx, storetest.FullRecord(id))
+		g, err := tokencache.Put(ctx, writing, storetest.FullRecord(id))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,19 +92,19 @@ func testWatchAcrossStores(t *testing.T, r *testenv.Redis, newClient func() redi
 		t.Fatal(err)
 	}
 
-	l, err := writing.Claim(ctx, "completed", gens["completed"], "other-replica", time.Minute, false)
+	l, err := tokencache.Claim(ctx, writing, "completed", gens["completed"], "other-replica", time.Minute, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writing.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT", Backoff: time.Second}); err != nil {
+	if _, err := tokencache.Complete(ctx, writing, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT", Backoff: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	storetest.WantNotice(t, completed, "Complete on another store")
-	if _, err := writing.Put(ctx, storetest.FullRecord("put")); err != nil {
+	if _, err := tokencache.Put(ctx, writing, storetest.FullRecord("put")); err != nil {
 		t.Fatal(err)
 	}
 	storetest.WantNotice(t, put, "Put on another store")
-	if err := writing.Delete(ctx, "deleted"); err != nil {
+	if err := tokencache.Delete(ctx, writing, "deleted"); err != nil {
 		t.Fatal(err)
 	}
 	storetest.WantNotice(t, deleted, "Delete on another store")
@@ -132,9 +132,10 @@ func testWatchAcrossStores(t *testing.T, r *testenv.Redis, newClient func() redi
 	}
 }
 
-// TestRedisRefreshKeyLayout: every key the protocol writes (lease,
-// journal) carries the customer's bucket tag, as the record, tombstone and
-// schedule do, so each script stays in one Cluster slot.
+// TestRedisRefreshKeyLayout: the protocol keeps everything of a customer
+// (lease, intent, journal, tombstone) in the record's hash, and the
+// schedule in its bucket's sorted set: every key carries the customer's
+// bucket tag, so each step stays in one Cluster slot.
 func TestRedisRefreshKeyLayout(t *testing.T) {
 	r := testenv.StartRedis(t)
 	const buckets = 16
@@ -145,40 +146,28 @@ func TestRedisRefreshKeyLayout(t *testing.T) {
 	for i, id := range customers {
 		rec := storetest.FullRecord(id)
 		rec.NextRefresh = time.Now().Add(-time.Minute)
-		gen, err := s.Put(ctx, rec)
+		gen, err := tokencache.Put(ctx, s, rec)
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := s.Claim(ctx, id, gen, "owner", time.Minute, false)
+		l, err := tokencache.Claim(ctx, s, id, gen, "owner", time.Minute, false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if i%2 == 0 {
 			continue // leave the lease held
 		}
-		if _, err := s.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Refused, Code: "X", Backoff: time.Minute}); err != nil {
+		if _, err := tokencache.Complete(ctx, s, l, tokencache.Outcome{Kind: tokencache.Refused, Code: "X", Backoff: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
-		wantKey(t, r.Client(t), s.JournalKey(id, l.RefreshTokenHash))
 	}
-	for i, id := range customers {
-		if i%2 == 0 {
-			wantKey(t, r.Client(t), s.LeaseKey(id))
-		}
-	}
-	if err := s.Delete(ctx, "bob"); err != nil {
+	if err := tokencache.Delete(ctx, s, "bob"); err != nil {
 		t.Fatal(err)
 	}
 
 	tags := map[string]bool{}
 	for _, id := range customers {
-		tag := fmt.Sprintf("b%d", tokencache.Bucket(id, buckets))
-		tags[tag] = true
-		for _, key := range []string{s.LeaseKey(id), s.JournalKey(id, "0123456789abcdef0123456789abcdef")} {
-			if hashTag(key) != tag {
-				t.Errorf("key %q: hash tag %q, want %q", key, hashTag(key), tag)
-			}
-		}
+		tags[fmt.Sprintf("b%d", tokencache.Bucket(id, buckets))] = true
 	}
 	kinds := map[string]int{}
 	for _, kv := range r.Dump(t) {
@@ -193,18 +182,36 @@ func TestRedisRefreshKeyLayout(t *testing.T) {
 		if kind == "due" {
 			continue
 		}
-		if kind == "jrnl" {
-			id = id[:strings.LastIndexByte(id, ':')]
-		}
 		if want := fmt.Sprintf("b%d", tokencache.Bucket(id, buckets)); want != tag {
 			t.Errorf("key %q of customer %q: tag %q, want %q", kv.Key, id, tag, want)
 		}
 	}
-	// alice, c{1}, carol:rec:x hold leases; bob and d}x{ have journal
-	// entries; bob's lease and record went with Delete.
-	if kinds["lease"] != 3 || kinds["jrnl"] != 2 || kinds["rec"] != 4 || kinds["tomb"] != 1 {
+	// Five hashes (bob's holds its tombstone), nothing else but schedules.
+	if len(kinds) != 2 || kinds["rec"] != 5 || kinds["due"] == 0 {
 		t.Errorf("keys by kind: %v", kinds)
 	}
+	raw := r.Client(t)
+	for i, id := range customers {
+		f, err := raw.HGetAll(ctx, s.RecordKey(id)).Result()
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case id == "bob" && (f["tomb"] == "" || f["at"] != "" || f["lo"] != ""):
+			t.Errorf("bob's hash after Delete: fields %v, want a tombstone only", keysOf(f))
+		case id != "bob" && i%2 == 0 && f["lo"] != "owner":
+			t.Errorf("%s: lease owner %q, want owner", id, f["lo"])
+		case id != "bob" && i%2 == 1 && f["j"] == "":
+			t.Errorf("%s: no journal entry", id)
+		}
+	}
+}
+
+func keysOf(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
 
 func wantKey(t *testing.T, c *redis.Client, key string) {
@@ -225,26 +232,26 @@ func TestRedisRefreshNoPlaintextToken(t *testing.T) {
 	for i := range 3 {
 		id := fmt.Sprintf("cust-%d", i)
 		rec := storetest.FullRecord(id)
-		gen, err := s.Put(ctx, rec)
+		gen, err := tokencache.Put(ctx, s, rec)
 		if err != nil {
 			t.Fatal(err)
 		}
 		written = append(written, rec)
-		l, err := s.Claim(ctx, id, gen, "owner", time.Minute, false)
+		l, err := tokencache.Claim(ctx, s, id, gen, "owner", time.Minute, false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fresh := storetest.FullRecord(id)
 		written = append(written, fresh)
-		gen, err = s.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Refreshed, Record: fresh})
+		gen, err = tokencache.Complete(ctx, s, l, tokencache.Outcome{Kind: tokencache.Refreshed, Record: fresh})
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err = s.Claim(ctx, id, gen, "owner", time.Minute, false)
+		l, err = tokencache.Claim(ctx, s, id, gen, "owner", time.Minute, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT", Backoff: time.Minute}); err != nil {
+		if _, err := tokencache.Complete(ctx, s, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT", Backoff: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -266,18 +273,18 @@ func TestRedisRefreshNoPlaintextToken(t *testing.T) {
 func TestRedisClaimWaitReplicasMissing(t *testing.T) {
 	r := testenv.StartRedis(t)
 	s := newRefreshStore(t, tokencache.RedisConfig{Client: newClient(t, r.URL), Keyring: mustKeyring(t, newKey(t)), WaitReplicas: 1})
-	gen, err := s.Put(ctxTimeout(t, 300*time.Millisecond), storetest.FullRecord("c1"))
+	gen, err := tokencache.Put(ctxTimeout(t, 300*time.Millisecond), s, storetest.FullRecord("c1"))
 	if !errors.Is(err, tokencache.ErrUnavailable) || gen <= 0 {
 		t.Fatalf("Put: %d, %v", gen, err)
 	}
-	l, err := s.Claim(ctxTimeout(t, 300*time.Millisecond), "c1", gen, "owner", time.Minute, false)
+	l, err := tokencache.Claim(ctxTimeout(t, 300*time.Millisecond), s, "c1", gen, "owner", time.Minute, false)
 	if !errors.Is(err, tokencache.ErrUnavailable) || l != nil {
 		t.Fatalf("Claim without replicas: %v, %v; want no lease and ErrUnavailable", l, err)
 	}
 	raw := r.Client(t)
 	ctx := ctxTimeout(t, 5*time.Second)
-	if n, err := raw.Exists(ctx, s.LeaseKey("c1")).Result(); err != nil || n != 0 {
-		t.Fatalf("lease of an unacknowledged claim: exists=%d, %v", n, err)
+	if n, err := raw.HExists(ctx, s.RecordKey("c1"), "lo").Result(); err != nil || n {
+		t.Fatalf("lease of an unacknowledged claim: %v, %v", n, err)
 	}
 	if n, err := raw.HExists(ctx, s.RecordKey("c1"), "ih").Result(); err != nil || n {
 		t.Fatalf("intent of an unacknowledged claim: %v, %v", n, err)
@@ -298,11 +305,11 @@ func TestRedisKeyRotationKeepsTokenHash(t *testing.T) {
 	storeB := newRefreshStore(t, tokencache.RedisConfig{Client: client, Prefix: prefix, Keyring: ringB})
 	ctx := ctxTimeout(t, 10*time.Second)
 
-	gen, err := storeA.Put(ctx, storetest.FullRecord("c1"))
+	gen, err := tokencache.Put(ctx, storeA, storetest.FullRecord("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := storeA.Claim(ctx, "c1", gen, "owner", time.Minute, false)
+	l, err := tokencache.Claim(ctx, storeA, "c1", gen, "owner", time.Minute, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +317,7 @@ func TestRedisKeyRotationKeepsTokenHash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := storeBA.CompareAndSwap(ctx, rec, gen); err != nil {
+	if _, err := tokencache.CompareAndSwap(ctx, storeBA, rec, gen); err != nil {
 		t.Fatal(err)
 	}
 	got, err := storeBA.Get(ctx, "c1")
@@ -320,19 +327,28 @@ func TestRedisKeyRotationKeepsTokenHash(t *testing.T) {
 	if got.KeyID != ringB.SealingKeyID() || got.RefreshTokenHash != l.RefreshTokenHash {
 		t.Fatalf("after CAS under the rotated keyring: key %q, token hash kept %v", got.KeyID, got.RefreshTokenHash == l.RefreshTokenHash)
 	}
-	if _, err := storeBA.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT"}); err != nil {
+	if _, err := tokencache.Complete(ctx, storeBA, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT"}); err != nil {
 		t.Fatalf("Complete of a lease from before the rotation: %v", err)
 	}
-	// A keyring without the old key cannot tell: the hash is new.
+	// A keyring without the old key keeps it too: the token is the same
+	// (the decision compares tokens, not their hashes).
 	rec, err = storeB.Get(ctx, "c1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := storeB.CompareAndSwap(ctx, rec, rec.Generation); err != nil {
+	if _, err := tokencache.CompareAndSwap(ctx, storeB, rec, rec.Generation); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := storeB.Get(ctx, "c1"); err != nil || got.RefreshTokenHash == l.RefreshTokenHash {
+	if got, err := storeB.Get(ctx, "c1"); err != nil || got.RefreshTokenHash != l.RefreshTokenHash {
 		t.Fatalf("hash under a keyring without the old key: kept %v, %v", got != nil && got.RefreshTokenHash == l.RefreshTokenHash, err)
+	}
+	// A new token gets a new name.
+	rec.RefreshToken = "another"
+	if _, err := tokencache.CompareAndSwap(ctx, storeB, rec, rec.Generation+1); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := storeB.Get(ctx, "c1"); err != nil || got.RefreshTokenHash == l.RefreshTokenHash || got.RefreshTokenHash == "" {
+		t.Fatalf("hash of a new token: %v", err)
 	}
 }
 
@@ -343,7 +359,7 @@ func TestRedisRecordWithoutProtocolFields(t *testing.T) {
 	s := newRefreshStore(t, tokencache.RedisConfig{Client: newClient(t, r.URL), Keyring: mustKeyring(t, newKey(t))})
 	ctx := ctxTimeout(t, 10*time.Second)
 	rec := storetest.FullRecord("old")
-	gen, err := s.Put(ctx, rec)
+	gen, err := tokencache.Put(ctx, s, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +374,7 @@ func TestRedisRecordWithoutProtocolFields(t *testing.T) {
 	if got.RefreshTokenHash != "" || got.Failures != 0 || !got.NotBefore.IsZero() {
 		t.Fatalf("protocol fields of an old record: %q %d %v", got.RefreshTokenHash, got.Failures, got.NotBefore)
 	}
-	l, err := s.Claim(ctx, "old", gen, "owner", time.Minute, false)
+	l, err := tokencache.Claim(ctx, s, "old", gen, "owner", time.Minute, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +382,7 @@ func TestRedisRecordWithoutProtocolFields(t *testing.T) {
 		t.Fatalf("lease of an old record: %+v", l)
 	}
 	fresh := storetest.FullRecord("old")
-	if _, err := s.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Refreshed, Record: fresh}); err != nil {
+	if _, err := tokencache.Complete(ctx, s, l, tokencache.Outcome{Kind: tokencache.Refreshed, Record: fresh}); err != nil {
 		t.Fatalf("Complete on an old record: %v", err)
 	}
 	got, err = s.Get(ctx, "old")
@@ -399,31 +415,31 @@ func TestRedisLeaseLostEarlyHoldsOffNextClaim(t *testing.T) {
 	client := newClient(t, r.URL)
 	s := newRefreshStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: mustKeyring(t, newKey(t))})
 	ctx := ctxTimeout(t, 10*time.Second)
-	gen, err := s.Put(ctx, storetest.FullRecord("c1"))
+	gen, err := tokencache.Put(ctx, s, storetest.FullRecord("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := s.Claim(ctx, "c1", gen, "owner-1", time.Minute, false)
+	l, err := tokencache.Claim(ctx, s, "c1", gen, "owner-1", time.Minute, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := client.Del(ctx, s.LeaseKey("c1")).Err(); err != nil {
+	if err := client.HDel(ctx, s.RecordKey("c1"), "lo", "lf", "lx").Err(); err != nil {
 		t.Fatal(err)
 	}
 	var held *tokencache.LeaseHeldError
-	if _, err := s.Claim(ctx, "c1", gen, "owner-2", time.Minute, false); !errors.As(err, &held) || held.Owner != "owner-1" {
+	if _, err := tokencache.Claim(ctx, s, "c1", gen, "owner-2", time.Minute, false); !errors.As(err, &held) || held.Owner != "owner-1" {
 		t.Fatalf("claim after the lease key vanished: %v, want held by owner-1", err)
 	}
-	if _, err := s.Renew(ctx, l, time.Minute); !errors.Is(err, tokencache.ErrLeaseLost) {
+	if err := tokencache.Renew(ctx, s, l, time.Minute); !errors.Is(err, tokencache.ErrLeaseLost) {
 		t.Fatalf("Renew of the lost lease: %v, want ErrLeaseLost", err)
 	}
 	// The holder's call ends (its watchdog cancels it) and its unknown
 	// outcome is recorded: the next claim may present the token once more.
-	gen, err = s.Complete(ctx, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT"})
+	gen, err = tokencache.Complete(ctx, s, l, tokencache.Outcome{Kind: tokencache.Unknown, Code: "WALLET_TIMEOUT"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	next, err := s.Claim(ctx, "c1", gen, "owner-2", time.Minute, false)
+	next, err := tokencache.Claim(ctx, s, "c1", gen, "owner-2", time.Minute, false)
 	if err != nil || !next.Represent {
 		t.Fatalf("claim after the holder's outcome: %+v, %v; want a re-presentation", next, err)
 	}

@@ -6,7 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net"
+
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -66,26 +66,7 @@ func TestRedisConformance(t *testing.T) {
 // the replica is in sync.
 func startReplicated(t *testing.T) (master, replica *testenv.Redis) {
 	t.Helper()
-	// Without a delay the master starts the (diskless) sync at once instead
-	// of waiting 5 s for more replicas.
-	master = testenv.StartRedis(t, "--repl-diskless-sync-delay", "0")
-	host, port, err := net.SplitHostPort(master.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replica = testenv.StartRedis(t, "--replicaof", host, port)
-	mc := master.Client(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		info, err := mc.Info(ctxTimeout(t, time.Second), "replication").Result()
-		if err == nil && strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online") {
-			return master, replica
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replica not in sync after 10s: %v\n%s", err, info)
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
-	}
+	return testenv.StartReplicated(t)
 }
 
 func TestRedisConformanceWaitReplicas(t *testing.T) {
@@ -104,7 +85,7 @@ func TestRedisWaitReplicasMissing(t *testing.T) {
 	})
 	rec := storetest.FullRecord("c1")
 	start := time.Now()
-	gen, err := s.Put(ctxTimeout(t, 300*time.Millisecond), rec)
+	gen, err := tokencache.Put(ctxTimeout(t, 300*time.Millisecond), s, rec)
 	if !errors.Is(err, tokencache.ErrUnavailable) {
 		t.Fatalf("Put without replicas: %v, want ErrUnavailable", err)
 	}
@@ -122,7 +103,7 @@ func TestRedisWaitReplicasMissing(t *testing.T) {
 	if got.Generation != gen {
 		t.Fatalf("Generation = %d, want %d", got.Generation, gen)
 	}
-	if err := s.Delete(ctxTimeout(t, 300*time.Millisecond), "c1"); !errors.Is(err, tokencache.ErrUnavailable) {
+	if err := tokencache.Delete(ctxTimeout(t, 300*time.Millisecond), s, "c1"); !errors.Is(err, tokencache.ErrUnavailable) {
 		t.Fatalf("Delete without replicas: %v, want ErrUnavailable", err)
 	}
 }
@@ -141,7 +122,7 @@ func TestRedisKeyRotation(t *testing.T) {
 
 	rewritten, untouched := storetest.FullRecord("rewritten"), storetest.FullRecord("untouched")
 	for _, rec := range []*tokencache.Record{rewritten, untouched} {
-		if _, err := storeA.Put(ctx, rec); err != nil {
+		if _, err := tokencache.Put(ctx, storeA, rec); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -163,7 +144,7 @@ func TestRedisKeyRotation(t *testing.T) {
 		t.Fatalf("KeyID = %q, want %q", got.KeyID, idA)
 	}
 	// ...and the next write seals with B.
-	if _, err := storeBA.CompareAndSwap(ctx, got, got.Generation); err != nil {
+	if _, err := tokencache.CompareAndSwap(ctx, storeBA, got, got.Generation); err != nil {
 		t.Fatal(err)
 	}
 	got, err = storeBA.Get(ctx, "rewritten")
@@ -265,7 +246,7 @@ func TestRedisMovedCiphertextDoesNotOpen(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			alice, bob := storetest.FullRecord("alice"), storetest.FullRecord("bob")
 			for _, rec := range []*tokencache.Record{alice, bob} {
-				if _, err := s.Put(ctxTimeout(t, 5*time.Second), rec); err != nil {
+				if _, err := tokencache.Put(ctxTimeout(t, 5*time.Second), s, rec); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -346,18 +327,18 @@ func TestRedisStoresNoPlaintextToken(t *testing.T) {
 		rec := storetest.FullRecord(fmt.Sprintf("cust-%d", i))
 		rec.AccessToken += tokencache.Secret(tok)
 		rec.RefreshToken += tokencache.Secret(tok)
-		gen, err := s.Put(ctx, rec)
+		gen, err := tokencache.Put(ctx, s, rec)
 		if err != nil {
 			t.Fatal(err)
 		}
 		written = append(written, rec)
 		next := storetest.FullRecord(rec.CustomerID)
-		if _, err := s.CompareAndSwap(ctx, next, gen); err != nil {
+		if _, err := tokencache.CompareAndSwap(ctx, s, next, gen); err != nil {
 			t.Fatal(err)
 		}
 		written = append(written, next)
 	}
-	if err := s.Delete(ctx, "cust-0"); err != nil {
+	if err := tokencache.Delete(ctx, s, "cust-0"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -402,11 +383,11 @@ func TestRedisKeyLayout(t *testing.T) {
 	customers := []string{"alice", "bob", "c{1}", "d}x{", "carol"}
 	for _, id := range customers {
 		rec := storetest.FullRecord(id)
-		if _, err := s.Put(ctx, rec); err != nil {
+		if _, err := tokencache.Put(ctx, s, rec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.Delete(ctx, "bob"); err != nil { // leaves a tombstone
+	if err := tokencache.Delete(ctx, s, "bob"); err != nil { // leaves a tombstone
 		t.Fatal(err)
 	}
 
@@ -417,7 +398,7 @@ func TestRedisKeyLayout(t *testing.T) {
 		}
 		wantTag := fmt.Sprintf("b%d", b)
 		wantPrefix := "tokenproxy:{" + wantTag + "}:"
-		for _, key := range []string{s.RecordKey(id), s.TombstoneKey(id), s.DueKey(b), s.CustomerKey(id, "lease")} {
+		for _, key := range []string{s.RecordKey(id), s.DueKey(b), s.CustomerKey(id, "other")} {
 			if hashTag(key) != wantTag || !strings.HasPrefix(key, wantPrefix) {
 				t.Errorf("key %q: hash tag %q, want %q", key, hashTag(key), wantTag)
 			}
@@ -433,19 +414,17 @@ func TestRedisKeyLayout(t *testing.T) {
 		for _, id := range customers {
 			b := tokencache.Bucket(id, buckets)
 			switch kv.Key {
-			case s.RecordKey(id), s.TombstoneKey(id), s.DueKey(b):
+			case s.RecordKey(id), s.DueKey(b):
 				found = true
 			}
 		}
 		if !found {
-			t.Errorf("key %q is not the record, tombstone or schedule of a customer", kv.Key)
+			t.Errorf("key %q is not the record (or tombstone) or schedule of a customer", kv.Key)
 		}
 	}
-	if n, err := raw.Exists(ctx, s.RecordKey("bob")).Result(); err != nil || n != 0 {
-		t.Errorf("record of deleted customer: exists=%d, %v", n, err)
-	}
-	if n, err := raw.Exists(ctx, s.TombstoneKey("bob")).Result(); err != nil || n != 1 {
-		t.Errorf("tombstone of deleted customer: exists=%d, %v", n, err)
+	// The deleted customer's hash holds only its tombstone.
+	if f, err := raw.HGetAll(ctx, s.RecordKey("bob")).Result(); err != nil || f["tomb"] == "" || f["at"] != "" || f["v"] != "" {
+		t.Errorf("hash of deleted customer: %d fields, tombstone %q, %v", len(f), f["tomb"], err)
 	}
 }
 
@@ -468,7 +447,7 @@ func TestRedisSchedule(t *testing.T) {
 	}
 
 	rec := storetest.FullRecord("c1")
-	gen, err := s.Put(ctx, rec)
+	gen, err := tokencache.Put(ctx, s, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,7 +456,7 @@ func TestRedisSchedule(t *testing.T) {
 	}
 
 	rec.NextRefresh = rec.NextRefresh.Add(time.Minute)
-	if gen, err = s.CompareAndSwap(ctx, rec, gen); err != nil {
+	if gen, err = tokencache.CompareAndSwap(ctx, s, rec, gen); err != nil {
 		t.Fatal(err)
 	}
 	if v, ok := score(); !ok || int64(v) != rec.NextRefresh.UnixMilli() {
@@ -485,7 +464,7 @@ func TestRedisSchedule(t *testing.T) {
 	}
 
 	rec.NextRefresh = time.Time{}
-	if gen, err = s.CompareAndSwap(ctx, rec, gen); err != nil {
+	if gen, err = tokencache.CompareAndSwap(ctx, s, rec, gen); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := score(); ok {
@@ -493,10 +472,10 @@ func TestRedisSchedule(t *testing.T) {
 	}
 
 	rec.NextRefresh = time.Now().Add(time.Hour)
-	if _, err = s.CompareAndSwap(ctx, rec, gen); err != nil {
+	if _, err = tokencache.CompareAndSwap(ctx, s, rec, gen); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Delete(ctx, "c1"); err != nil {
+	if err := tokencache.Delete(ctx, s, "c1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := score(); ok {
@@ -524,7 +503,7 @@ func TestRedisExpiry(t *testing.T) {
 
 	withExpiry := storetest.FullRecord("with")
 	withExpiry.RefreshTokenExpiry = time.Now().Add(10 * 24 * time.Hour)
-	gen, err := s.Put(ctx, withExpiry)
+	gen, err := tokencache.Put(ctx, s, withExpiry)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,7 +514,7 @@ func TestRedisExpiry(t *testing.T) {
 
 	// A refresh that got no refresh expiry makes the record permanent.
 	withExpiry.RefreshTokenExpiry = time.Time{}
-	if _, err := s.CompareAndSwap(ctx, withExpiry, gen); err != nil {
+	if _, err := tokencache.CompareAndSwap(ctx, s, withExpiry, gen); err != nil {
 		t.Fatal(err)
 	}
 	if got := pttl(s.RecordKey("with")); got != -1 {
@@ -544,17 +523,17 @@ func TestRedisExpiry(t *testing.T) {
 
 	without := storetest.FullRecord("without")
 	without.RefreshTokenExpiry = time.Time{}
-	if _, err := s.Put(ctx, without); err != nil {
+	if _, err := tokencache.Put(ctx, s, without); err != nil {
 		t.Fatal(err)
 	}
 	if got := pttl(s.RecordKey("without")); got != -1 {
 		t.Fatalf("TTL of a record without refresh expiry = %v, want none (-1)", got)
 	}
 
-	if err := s.Delete(ctx, "without"); err != nil {
+	if err := tokencache.Delete(ctx, s, "without"); err != nil {
 		t.Fatal(err)
 	}
-	if got := pttl(s.TombstoneKey("without")); !near(got, tokencache.TombstoneTTL) {
+	if got := pttl(s.RecordKey("without")); !near(got, tokencache.TombstoneTTL) {
 		t.Fatalf("tombstone TTL = %v, want about %v", got, tokencache.TombstoneTTL)
 	}
 }
@@ -563,7 +542,7 @@ func TestRedisOutage(t *testing.T) {
 	r := testenv.StartRedis(t)
 	s := newRedisStore(t, tokencache.RedisConfig{Client: newClient(t, r.URL), Keyring: mustKeyring(t, newKey(t))})
 	rec := storetest.FullRecord("c1")
-	gen, err := s.Put(ctxTimeout(t, 5*time.Second), rec)
+	gen, err := tokencache.Put(ctxTimeout(t, 5*time.Second), s, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -571,9 +550,9 @@ func TestRedisOutage(t *testing.T) {
 	r.Stop()
 	calls := map[string]func(context.Context) error{
 		"Get":    func(ctx context.Context) error { _, err := s.Get(ctx, "c1"); return err },
-		"Put":    func(ctx context.Context) error { _, err := s.Put(ctx, rec); return err },
-		"CAS":    func(ctx context.Context) error { _, err := s.CompareAndSwap(ctx, rec, gen); return err },
-		"Delete": func(ctx context.Context) error { return s.Delete(ctx, "c1") },
+		"Put":    func(ctx context.Context) error { _, err := tokencache.Put(ctx, s, rec); return err },
+		"CAS":    func(ctx context.Context) error { _, err := tokencache.CompareAndSwap(ctx, s, rec, gen); return err },
+		"Delete": func(ctx context.Context) error { return tokencache.Delete(ctx, s, "c1") },
 		"Ping":   func(ctx context.Context) error { return s.Ping(ctx) },
 	}
 	for name, call := range calls {
@@ -599,7 +578,7 @@ func TestRedisOutage(t *testing.T) {
 		}
 	}
 	ctx := ctxTimeout(t, 5*time.Second)
-	if _, err := s.Put(ctx, rec); err != nil {
+	if _, err := tokencache.Put(ctx, s, rec); err != nil {
 		t.Fatalf("Put after restart: %v", err)
 	}
 	got, err := s.Get(ctx, "c1")
@@ -613,7 +592,7 @@ func TestRedisUnknownFormat(t *testing.T) {
 	r := testenv.StartRedis(t)
 	s := newRedisStore(t, tokencache.RedisConfig{Client: newClient(t, r.URL), Keyring: mustKeyring(t, newKey(t))})
 	ctx := ctxTimeout(t, 5*time.Second)
-	if _, err := s.Put(ctx, storetest.FullRecord("c1")); err != nil {
+	if _, err := tokencache.Put(ctx, s, storetest.FullRecord("c1")); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct{ field, value string }{
@@ -624,7 +603,7 @@ func TestRedisUnknownFormat(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.field, func(t *testing.T) {
-			if _, err := s.Put(ctx, storetest.FullRecord("c1")); err != nil {
+			if _, err := tokencache.Put(ctx, s, storetest.FullRecord("c1")); err != nil {
 				t.Fatal(err)
 			}
 			if err := r.Client(t).HSet(ctx, s.RecordKey("c1"), tc.field, tc.value).Err(); err != nil {
@@ -703,22 +682,7 @@ func TestBucket(t *testing.T) {
 // what the shared hash tag must prevent.
 func startCluster(t *testing.T) *testenv.Redis {
 	t.Helper()
-	r := testenv.StartRedis(t, "--cluster-enabled", "yes")
-	raw := r.Client(t)
-	if err := raw.Do(ctxTimeout(t, 5*time.Second), "cluster", "addslotsrange", 0, 16383).Err(); err != nil {
-		t.Fatalf("assign slots: %v", err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		info, err := raw.ClusterInfo(ctxTimeout(t, time.Second)).Result()
-		if err == nil && strings.Contains(info, "cluster_state:ok") {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster not ok after 10s: %v\n%s", err, info)
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
-	}
+	return testenv.StartCluster(t)
 }
 
 func newClusterClient(t *testing.T, addr string) redis.UniversalClient {
@@ -748,7 +712,7 @@ func TestRedisClusterWaitReplicasMissing(t *testing.T) {
 	s := newRedisStore(t, tokencache.RedisConfig{
 		Client: newClusterClient(t, r.Addr), Keyring: mustKeyring(t, newKey(t)), WaitReplicas: 1,
 	})
-	gen, err := s.Put(ctxTimeout(t, 300*time.Millisecond), storetest.FullRecord("c1"))
+	gen, err := tokencache.Put(ctxTimeout(t, 300*time.Millisecond), s, storetest.FullRecord("c1"))
 	if !errors.Is(err, tokencache.ErrUnavailable) || gen <= 0 {
 		t.Fatalf("Put on a cluster without replicas: %d, %v; want the generation and ErrUnavailable", gen, err)
 	}

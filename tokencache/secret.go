@@ -1,28 +1,7 @@
 package tokencache
 
-import (
-	"fmt"
-	"io"
-	"log/slog"
-)
+import "github.com/tokenproxy/tokenproxy/internal/secret"
 
-// Secret is a token (access or refresh) in the clear. It cannot print itself:
-// String, GoString, MarshalJSON and LogValue all redact, so a token that
-// reaches a log line, an error or a JSON body by mistake shows as [redacted].
-// Reveal gives the raw value to the two places that need it: sealing and the
-// outbound wallet request.
-type Secret string
-
-const redacted = "[redacted]"
-
-func (Secret) String() string               { return redacted }
-func (Secret) GoString() string             { return redacted }
-func (Secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
-func (Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
-
-// Reveal returns the token itself.
-func (s Secret) Reveal() string { return string(s) }
-
-// Format redacts under every verb, also the ones fmt would otherwise use to
-// report a bad verb with the raw value (%d on a string).
-func (Secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, redacted) }
+// Secret is a token in the clear; it redacts itself everywhere but Reveal
+// (see secret.Secret, the one type wallet shares).
+type Secret = secret.Secret

@@ -1,11 +1,12 @@
-// Package tokencache keeps one record of wallet tokens per customer, in
-// memory (one replica) or in Redis (shared by every replica, tokens sealed
-// with AES-256-GCM).
-//
-// Both stores implement [Store] with the same semantics; the conformance
-// suite in package storetest runs against each of them. The store only
-// stores: deciding when to refresh, leasing and calling the wallet belong to
-// other packages.
+// Package tokencache holds each customer's wallet tokens and the refresh
+// protocol that guards them: the record (tokens, expiries, schedule,
+// state), the protocol's decisions over it, written once in protocol.go
+// (claim, renew, release, complete, put, delete), and two stores that
+// apply those decisions atomically: Memory (one replica) and Redis (shared
+// by every replica, tokens sealed with AES-256-GCM, each step one
+// optimistic transaction in the customer's Cluster slot on the server's
+// clock). A [Store] only reads, applies a [Decision] and lists what is
+// due; when to refresh and calling the wallet belong to package refresher.
 package tokencache
 
 import (
@@ -75,7 +76,7 @@ type Record struct {
 	KeyID string
 
 	// The fields below are read-only too: the store sets them on read and
-	// ignores them on write (see RefreshStore).
+	// ignores them on write (see protocol.go).
 
 	// RefreshTokenHash names the stored refresh token without revealing
 	// it: 32 hex digits, set by the store at every write that stores a
@@ -91,6 +92,8 @@ type Record struct {
 	// NotBefore is the end of the cooldown after a transient failure: no
 	// presentation may start before it (zero: none).
 	NotBefore time.Time
+	// Journal is the outcome of the last presentation (zero: none).
+	Journal JournalEntry
 }
 
 const (
@@ -118,33 +121,99 @@ var (
 	// time. The errors it wraps (network, context) stay reachable with
 	// errors.Is / errors.As.
 	ErrUnavailable = errors.New("tokencache: store unavailable")
+
+	// The refresh protocol's refusals (protocol.go):
+	// ErrLeaseHeld: another live lease exists (see *LeaseHeldError);
+	// ErrBackoff: the customer is in its cooldown (see *BackoffError);
+	// ErrLeaseLost: the lease named is no longer held; ErrNotActive: the
+	// record is reauthorization_required.
+	ErrLeaseHeld = errors.New("tokencache: customer is being refreshed")
+	ErrBackoff   = errors.New("tokencache: customer is cooling down")
+	ErrLeaseLost = errors.New("tokencache: lease lost")
+	ErrNotActive = errors.New("tokencache: customer needs reauthorization")
 )
 
-// Store keeps one record per customer.
+// Store keeps one Entry per customer and applies the protocol's decisions
+// to it (protocol.go). Memory and Redis implement it with identical
+// semantics (the conformance suites in package storetest run against each).
+// Everything else (Put, CompareAndSwap, Delete, Touch, Claim, Renew,
+// Release, Complete) is a function of this package over a Store.
 //
-// Implementations are safe for concurrent use, have identical semantics, and
-// copy records in and out: a caller never aliases stored data. Every method
-// honours ctx; none adds a deadline of its own, so callers pass one.
+// Implementations are safe for concurrent use and copy records in and out:
+// a caller never aliases stored data. Every method honours ctx; none adds
+// a deadline of its own. Errors reaching the store wrap ErrUnavailable; a
+// stored record that cannot be read is a *SealError or wraps ErrCorrupt.
 type Store interface {
 	// Get returns the customer's record, or ErrNotFound.
 	Get(ctx context.Context, customerID string) (*Record, error)
-	// Put replaces the customer's record unconditionally with rec, as given
-	// (fields left empty are cleared): this is what a new exchange does. The
-	// new generation is higher than any earlier one of this customer,
-	// including a tombstone's. rec.Generation and rec.KeyID are ignored and
-	// rec is not modified.
-	Put(ctx context.Context, rec *Record) (generation int64, err error)
-	// CompareAndSwap writes rec only if the stored generation equals
-	// expect. It returns ErrConflict if it differs and ErrNotFound if there
-	// is no record: a deleted customer is never written back.
-	CompareAndSwap(ctx context.Context, rec *Record, expect int64) (generation int64, err error)
-	// Delete forgets the customer's record, leaving a tombstone with a
-	// higher generation for TombstoneTTL, so that a CompareAndSwap prepared
-	// before the delete fails. Deleting an unknown customer is not an error.
-	Delete(ctx context.Context, customerID string) error
+	// Update applies d to the customer's entry atomically: it reads the
+	// entry and the store's clock (Redis: the server's TIME) in one step,
+	// calls d.Apply on a copy and, if it says so, writes the result only
+	// if nobody wrote the entry meanwhile, else reads and decides again (a
+	// bounded number of times). It keeps the schedule (Due) in step with
+	// the record's NextRefresh, names a new refresh token
+	// (Record.RefreshTokenHash), and wakes watchers when the generation
+	// changed or the record went. It returns d.Apply's error; with Redis
+	// and WaitReplicas, a write too few replicas acknowledged returns an
+	// error wrapping ErrUnavailable although it landed on the master.
+	Update(ctx context.Context, customerID string, d Decision) error
+	// Due returns up to limit customers of the given buckets whose
+	// NextRefresh is at or before the store's now, earliest first (ties by
+	// customer id). An entry may outlive its record (forgotten
+	// RecordRetention after its refresh token expired): Get then says
+	// ErrNotFound, and Delete removes the entry.
+	Due(ctx context.Context, buckets []int, limit int) ([]DueEntry, error)
+	// Watch returns a channel that receives (without blocking the sender;
+	// buffer 1) whenever the customer's generation changes or its record
+	// goes, on any replica sharing the store; stop ends the watch.
+	// Deliveries are best effort: callers also poll.
+	Watch(customerID string) (ch <-chan struct{}, stop func())
+	// Buckets is the number of schedule buckets.
+	Buckets() int
 	// Ping reports whether the store answers.
 	Ping(ctx context.Context) error
 }
+
+// DueEntry is a customer whose refresh is due.
+type DueEntry struct {
+	CustomerID string
+	Due        time.Time
+}
+
+// Census counts customers by state, for tokenproxy_tokens{state}.
+type Census struct {
+	Valid, Expired, Refreshing, ReauthorizationRequired int
+}
+
+// add counts one record: reauthorization_required before refreshing before
+// expired (no expiry counts as expired, as the admin API shows it).
+func (c *Census) add(e *Entry, now time.Time) {
+	switch {
+	case e.Record == nil:
+	case e.Record.State == StateReauthorizationRequired:
+		c.ReauthorizationRequired++
+	case now.Before(e.Lease.Until):
+		c.Refreshing++
+	case !now.Before(e.Record.AccessTokenExpiry):
+		c.Expired++
+	default:
+		c.Valid++
+	}
+}
+
+// recordWritten reports whether a write from was to e writes the record
+// (a new generation), rather than only the protocol's state.
+func recordWritten(was, e *Entry) bool {
+	return e.Record != nil && (was == nil || was.Record == nil || was.Record.Generation != e.Record.Generation)
+}
+
+// errNotReplicated: a write landed on the Redis master but too few
+// replicas acknowledged it (WaitReplicas).
+var errNotReplicated = fmt.Errorf("%w: too few replicas acknowledged the write", ErrUnavailable)
+
+// maxUpdateAttempts bounds how often Update decides again after a
+// conflicting write.
+const maxUpdateAttempts = 16
 
 // checkRecord rejects records no store can keep, with the same answer in
 // every implementation.
@@ -254,6 +323,7 @@ func normalize(rec *Record) *Record {
 	c.RefreshTokenHash = ""
 	c.Failures = 0
 	c.NotBefore = time.Time{}
+	c.Journal = JournalEntry{}
 	return &c
 }
 

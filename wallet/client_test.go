@@ -747,8 +747,8 @@ func TestApplyToken(t *testing.T) {
 				if !errors.As(err, &we) {
 					t.Fatalf("ApplyToken = %v, want *wallet.Error", err)
 				}
-				if we.ResultCode != tt.wantWallet || we.Unknown() != tt.wantUnknown || we.HTTPStatus != tt.status {
-					t.Errorf("Error = %+v, Unknown %v; want %s, Unknown %v", we, we.Unknown(), tt.wantWallet, tt.wantUnknown)
+				if unknown := we.ResultStatus != wallet.StatusFailed; we.ResultCode != tt.wantWallet || unknown != tt.wantUnknown || we.HTTPStatus != tt.status {
+					t.Errorf("Error = %+v, unknown %v; want %s, unknown %v", we, unknown, tt.wantWallet, tt.wantUnknown)
 				}
 				if tr != nil {
 					t.Error("a token pair came back with an error")

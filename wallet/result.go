@@ -103,6 +103,3 @@ type Error struct {
 func (e *Error) Error() string {
 	return fmt.Sprintf("wallet answered %s %s (HTTP %d)", e.ResultStatus, e.ResultCode, e.HTTPStatus)
 }
-
-// Unknown reports whether the outcome of the call is unknown: a U answer.
-func (e *Error) Unknown() bool { return e.ResultStatus != StatusFailed }

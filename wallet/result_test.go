@@ -54,8 +54,8 @@ func TestError(t *testing.T) {
 			if !errors.As(fmt.Errorf("refresh: %w", err), &we) {
 				t.Fatal("errors.As does not find *wallet.Error")
 			}
-			if we.Unknown() != tt.wantUnknown {
-				t.Errorf("Unknown() = %v, want %v", we.Unknown(), tt.wantUnknown)
+			if unknown := we.ResultStatus != wallet.StatusFailed; unknown != tt.wantUnknown {
+				t.Errorf("outcome unknown = %v, want %v", unknown, tt.wantUnknown)
 			}
 			if err.Error() != tt.wantText {
 				t.Errorf("Error() = %q, want %q", err.Error(), tt.wantText)

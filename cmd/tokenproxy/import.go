@@ -32,13 +32,10 @@ const (
 	importWorkers = 16
 	// importStoreTimeout bounds every single store call.
 	importStoreTimeout = 5 * time.Second
-	// importCASAttempts bounds the read-decide-write rounds for one line
-	// when the record keeps changing under it (a running sidecar
-	// refreshing it, or the same customer twice in the file).
-	importCASAttempts = 5
-	// importReadAttempts bounds the tries of one read when the store did
-	// not answer in time.
-	importReadAttempts = 3
+	// importAttempts bounds the tries of one line when the store did not
+	// answer in time: a busy Redis should not cost a line (a try that
+	// landed unseen makes the next one find the pair already there).
+	importAttempts = 3
 	// importMaxLine is the longest line read; a longer one is invalid (a
 	// valid line is a few hundred bytes: two tokens of at most 128).
 	importMaxLine = 64 << 10
@@ -337,74 +334,34 @@ func readLine(br *bufio.Reader) (line []byte, tooLong bool, err error) {
 	}
 }
 
-// write stores one pair unless the store holds one expiring no earlier:
-// read, decide, then Put (absent) or CompareAndSwap on the generation read,
-// deciding again when another writer got in between.
+// write stores one pair unless the store holds one expiring no earlier
+// (tokencache.Import: one step, however many lines name the customer).
 func (im *importer) write(ctx context.Context, p importPair) (importOutcome, error) {
-	// Stores keep milliseconds: compare at that precision, so that importing
-	// the same line twice finds it already there.
-	ate := time.UnixMilli(p.accessTokenExpiry.UnixMilli()).UTC()
-	for range importCASAttempts {
-		if err := ctx.Err(); err != nil {
-			return outcomeFailed, err
-		}
-		cur, err := im.read(ctx, p.customerID)
-		switch {
-		case errors.Is(err, tokencache.ErrNotFound):
-			cur = nil
-		case err != nil:
-			return outcomeFailed, fmt.Errorf("line %d: read the stored record: %w", p.line, err)
-		}
-		if cur != nil && !cur.AccessTokenExpiry.Before(ate) {
-			return outcomeNewer, nil
-		}
-		now := im.now()
-		rec := &tokencache.Record{
-			CustomerID:         p.customerID,
-			AccessToken:        p.accessToken,
-			AccessTokenExpiry:  p.accessTokenExpiry,
-			RefreshToken:       p.refreshToken,
-			RefreshTokenExpiry: p.refreshTokenExpiry,
-			ExchangePath:       im.exchangePath,
-			LastUsed:           now,
-			NextRefresh:        refresher.NextRefresh(now, p.accessTokenExpiry, im.refreshBefore, im.refreshJitter),
-		}
+	rec := refresher.NewRecord(refresher.Exchange{Path: im.exchangePath, Pair: &wallet.TokenResponse{
+		CustomerID: p.customerID, AccessToken: p.accessToken, AccessTokenExpiry: p.accessTokenExpiry,
+		RefreshToken: p.refreshToken, RefreshTokenExpiry: p.refreshTokenExpiry,
+	}}, im.now(), im.refreshBefore, im.refreshJitter)
+	var (
+		wrote bool
+		err   error
+	)
+	for range importAttempts {
 		_, err = im.call(ctx, func(ctx context.Context) (*tokencache.Record, error) {
-			var werr error
-			if cur == nil {
-				_, werr = im.store.Put(ctx, rec)
-			} else {
-				_, werr = im.store.CompareAndSwap(ctx, rec, cur.Generation)
-			}
-			return nil, werr
-		})
-		switch {
-		case err == nil:
-			return outcomeImported, nil
-		case errors.Is(err, tokencache.ErrConflict), errors.Is(err, tokencache.ErrNotFound):
-			continue // written or deleted meanwhile: decide again
-		default:
-			return outcomeFailed, fmt.Errorf("line %d: write the record: %w", p.line, err)
-		}
-	}
-	return outcomeFailed, fmt.Errorf("line %d: the record kept changing during %d attempts: %w", p.line, importCASAttempts, tokencache.ErrConflict)
-}
-
-// read reads the customer's record, trying again (importReadAttempts in
-// all) when the store did not answer in time: a read changes nothing, and
-// a busy Redis should not cost a line.
-func (im *importer) read(ctx context.Context, customerID string) (*tokencache.Record, error) {
-	var err error
-	for range importReadAttempts {
-		var rec *tokencache.Record
-		rec, err = im.call(ctx, func(ctx context.Context) (*tokencache.Record, error) {
-			return im.store.Get(ctx, customerID)
+			var err error
+			wrote, err = tokencache.Import(ctx, im.store, rec)
+			return nil, err
 		})
 		if !errors.Is(err, tokencache.ErrUnavailable) || ctx.Err() != nil {
-			return rec, err
+			break
 		}
 	}
-	return nil, err
+	switch {
+	case err != nil:
+		return outcomeFailed, fmt.Errorf("line %d: write the record: %w", p.line, err)
+	case !wrote:
+		return outcomeNewer, nil
+	}
+	return outcomeImported, nil
 }
 
 // call runs one store call under its own deadline.

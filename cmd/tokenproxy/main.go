@@ -147,6 +147,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	ref := refresher.New(refresher.Config{
 		Store:           store,
 		Wallet:          client,
+		TokenPaths:      cfg.TokenPaths,
 		RefreshBefore:   cfg.RefreshBefore,
 		RefreshJitter:   cfg.RefreshJitter,
 		RefreshRate:     cfg.RefreshRate,
@@ -154,6 +155,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		IdleAfter:       cfg.RefreshIdleAfter,
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		CacheMaxEntries: cfg.CacheMaxEntries,
+		Census:          store.Census,
 		Metrics:         refresher.NewMetrics(reg),
 		Logger:          log,
 	})
@@ -270,8 +272,15 @@ func storeKind(cfg *Config) string {
 	}
 }
 
+// countingStore is a store that can also count its customers by state
+// (tokenproxy_tokens): both stores can.
+type countingStore interface {
+	tokencache.Store
+	Census(ctx context.Context) (tokencache.Census, error)
+}
+
 // openStore builds the token store the settings name.
-func openStore(cfg *Config, log *slog.Logger) (tokencache.RefreshStore, func(), error) {
+func openStore(cfg *Config, log *slog.Logger) (countingStore, func(), error) {
 	if !cfg.usesRedis() {
 		log.Warn("no Redis configured: using the in-memory token store; tokens are not shared between replicas and are lost on restart (run one replica only)")
 		return tokencache.NewMemory(tokencache.MemoryConfig{}), func() {}, nil

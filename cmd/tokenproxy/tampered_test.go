@@ -86,7 +86,7 @@ func TestTamperedRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"v", "gen", "op", "kid", "at", "rt", "ate", "rte", "lr", "nr", "path", "replay", "rth", "fence"} {
+	for _, f := range []string{"v", "gen", "ver", "kid", "at", "rt", "ate", "rte", "lr", "nr", "path", "replay", "rth", "fence"} {
 		if other[f] == "" {
 			t.Fatalf("a prepared record lacks %q: the rows below would not test what they say (fields %v)", f, keysOf(other))
 		}
@@ -155,10 +155,10 @@ func TestTamperedRecord(t *testing.T) {
 		v("fa", "a plausible count", "3", usable, "failures only pace refreshes"),
 		g("nb", corrupt, "cooldown end malformed"),
 		v("nb", "a cooldown far ahead", "99999999999999", usable, "a cooldown stops refreshes, not calls with a valid token"),
-		g("op", usable, "the id of the last write; only makes a resent write idempotent"),
-		d("op", usable, "as above"),
-		s("op", usable, "as above"),
-		g("fence", usable, "the refresh scripts read an unparsable fence as 0 and then take the server time"),
+		g("ver", usable, "the version of the entry: the next write's compare-and-set fails once and decides again"),
+		d("ver", usable, "as above"),
+		s("ver", usable, "as above"),
+		g("fence", usable, "an unparsable fence reads as 0; the next claim takes the server time"),
 		d("fence", usable, "as above"),
 		s("fence", usable, "as above"),
 	}
@@ -166,8 +166,8 @@ func TestTamperedRecord(t *testing.T) {
 		tamperRow{"*", "whole record of another customer", "", corrupt, "every field copied: the tokens are sealed for the other customer"},
 		tamperRow{"*", "a string instead of a hash", "", corrupt, "WRONGTYPE is a damaged record, not an outage"},
 	)
-	for _, f := range []string{"ih", "it", "io", "ia", "if", "co", "le", "lg"} {
-		rows = append(rows, g(f, usable, "intent of a refresh: read only by the refresh scripts, which treat unparsable numbers as absent"))
+	for _, f := range []string{"ih", "it", "io", "ia", "if", "le", "lg", "lo", "lf", "lx"} {
+		rows = append(rows, g(f, usable, "intent or lease of a refresh: read only by the protocol, which treats unparsable numbers as absent"))
 	}
 
 	for i, row := range rows {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -21,26 +20,9 @@ import (
 
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
-
-// syncBuffer is written by the server's goroutines and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 var (
 	keyOnce   sync.Once
@@ -89,7 +71,7 @@ func TestConfigErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			var stdout, stderr syncBuffer
+			var stdout, stderr proc.Buffer
 			code := run(context.Background(), nil, envconfig.MapLookuper(c.env), &stdout, &stderr)
 			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
 			if code != 2 || len(lines) != 1 || !strings.HasPrefix(lines[0], "walletsim: "+c.variable+": ") {
@@ -103,7 +85,7 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestUsage(t *testing.T) {
-	var stdout, stderr syncBuffer
+	var stdout, stderr proc.Buffer
 	if code := run(context.Background(), []string{"-h"}, envconfig.MapLookuper(nil), &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
@@ -117,7 +99,7 @@ func TestUsage(t *testing.T) {
 // TestVersion: `walletsim version` prints the version stamped at build
 // time (make release, the image), "dev" otherwise, and starts nothing.
 func TestVersion(t *testing.T) {
-	var stdout, stderr syncBuffer
+	var stdout, stderr proc.Buffer
 	if code := run(context.Background(), []string{"version"}, envconfig.MapLookuper(nil), &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -139,7 +121,7 @@ func TestRunGeneratesKeyAndServes(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr proc.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, nil, env, &stdout, &stderr) }()
 

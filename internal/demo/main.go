@@ -18,7 +18,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -26,6 +25,8 @@ import (
 	"time"
 
 	"github.com/tokenproxy/tokenproxy/internal/keygen"
+
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 )
 
 func main() {
@@ -81,7 +82,7 @@ func run(tokenproxyBin, walletsimBin string, serve bool) error {
 	if err != nil {
 		return err
 	}
-	defer sim.stop()
+	defer sim.Stop()
 	if err := waitFor("http://"+walletAddr+"/sim/stats", 200, 15*time.Second, sim); err != nil {
 		return err
 	}
@@ -101,7 +102,7 @@ func run(tokenproxyBin, walletsimBin string, serve bool) error {
 	if err != nil {
 		return err
 	}
-	defer tp.stop()
+	defer tp.Stop()
 	if err := waitFor("http://"+opsAddr+"/readyz", 200, 15*time.Second, tp); err != nil {
 		return err
 	}
@@ -127,9 +128,9 @@ Ctrl-C stops both.
 		defer stop()
 		select {
 		case <-ctx.Done():
-		case <-sim.done:
+		case <-sim.Done():
 			return errors.New("walletsim exited")
-		case <-tp.done:
+		case <-tp.Done():
 			return errors.New("tokenproxy exited")
 		}
 		return nil
@@ -198,8 +199,8 @@ Ctrl-C stops both.
 	}
 
 	step("Stopping tokenproxy (SIGTERM drains in-flight calls) and walletsim")
-	tp.stop()
-	sim.stop()
+	tp.Stop()
+	sim.Stop()
 	fmt.Println("\nDemo complete.")
 	return nil
 }
@@ -266,53 +267,26 @@ func fetch(method, url string, hdr map[string]string, body string) (int, []byte,
 	return resp.StatusCode, b, nil
 }
 
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	logs *syncBuffer
-	done chan struct{}
-}
-
-func start(dir, name, bin string, env []string) (*proc, error) {
-	p := &proc{name: name, logs: &syncBuffer{}, done: make(chan struct{})}
+// start starts one of the demo's programs in dir, its output kept in
+// memory for when it fails.
+func start(dir, name, bin string, env []string) (*proc.Process, error) {
 	abs, err := filepath.Abs(bin)
 	if err != nil {
 		return nil, err
 	}
-	p.cmd = exec.Command(abs)
-	p.cmd.Dir = dir
-	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w (run `make build` first)", name, err)
+	p, err := proc.Start(name, abs, nil, proc.Options{Dir: dir, Env: env})
+	if err != nil {
+		return nil, fmt.Errorf("%w (run `make build` first)", err)
 	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
 	return p, nil
 }
 
-// stop ends the process it started, by its PID: SIGTERM, then SIGKILL
-// after 10 s.
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func waitFor(url string, status int, within time.Duration, p *proc) error {
+func waitFor(url string, status int, within time.Duration, p *proc.Process) error {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited:\n%s", p.name, p.logs.String())
+		case <-p.Done():
+			return fmt.Errorf("%s exited:\n%s", p.Name(), p.Logs())
 		default:
 		}
 		resp, err := http.Get(url)
@@ -324,5 +298,5 @@ func waitFor(url string, status int, within time.Duration, p *proc) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("%s not ready within %s:\n%s", p.name, within, p.logs.String())
+	return fmt.Errorf("%s not ready within %s:\n%s", p.Name(), within, p.Logs())
 }

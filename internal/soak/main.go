@@ -39,7 +39,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -51,6 +50,8 @@ import (
 	"time"
 
 	"github.com/tokenproxy/tokenproxy/internal/keygen"
+
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 )
 
 const clientID = "SOAK_CLIENT"
@@ -90,39 +91,20 @@ func main() {
 	}
 }
 
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
-}
+// alive, kill and term take nil for a process that never started; kill
+// and term end only a process the soak started, by its own PID.
+func alive(p *proc.Process) bool { return p != nil && !p.Exited() }
 
-func (p *proc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
+func kill(p *proc.Process) {
+	if alive(p) {
+		p.Kill()
 	}
 }
 
-func (p *proc) kill() {
-	if p == nil || !p.alive() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-func (p *proc) term() {
-	if p == nil || !p.alive() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.kill()
+// term: SIGTERM, then SIGKILL after 10 s.
+func term(p *proc.Process) {
+	if alive(p) {
+		p.Stop()
 	}
 }
 
@@ -131,7 +113,7 @@ type replica struct {
 	url, ops string
 	env      []string
 	mu       sync.Mutex
-	p        *proc
+	p        *proc.Process
 	// counters of incarnations that ended (scraped last before the kill)
 	base, last map[string]float64
 }
@@ -139,10 +121,10 @@ type replica struct {
 type soak struct {
 	cfg      config
 	dir      string
-	redis    *proc
+	redis    *proc.Process
 	redisCmd []string
 	redisURL string
-	sim      *proc
+	sim      *proc.Process
 	simURL   string
 	replicas []*replica
 	mu       sync.Mutex
@@ -173,31 +155,25 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func (s *soak) start(name, bin string, args, env []string) (*proc, error) {
+// start starts a program with its output appended to <name>.log in the
+// soak's directory.
+func (s *soak) start(name, bin string, args, env []string) (*proc.Process, error) {
 	f, err := os.OpenFile(filepath.Join(s.dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: f}
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
-	return p, nil
+	defer f.Close() // the child has its own descriptor
+	return proc.Start(name, bin, args, proc.Options{Env: env, Output: f})
 }
 
 func (s *soak) stopAll() {
 	for _, r := range s.replicas {
 		r.mu.Lock()
-		r.p.term()
+		term(r.p)
 		r.mu.Unlock()
 	}
-	s.sim.term()
-	s.redis.term()
+	term(s.sim)
+	term(s.redis)
 	if s.dir != "" && os.Getenv("SOAK_KEEP") == "" && !s.failed {
 		os.RemoveAll(s.dir)
 	} else if s.dir != "" {
@@ -205,11 +181,11 @@ func (s *soak) stopAll() {
 	}
 }
 
-func waitHTTP(ctx context.Context, url string, want int, d time.Duration, p *proc) error {
+func waitHTTP(ctx context.Context, url string, want int, d time.Duration, p *proc.Process) error {
 	deadline := time.Now().Add(d)
 	for {
-		if p != nil && !p.alive() {
-			return fmt.Errorf("%s exited", p.name)
+		if p != nil && p.Exited() {
+			return fmt.Errorf("%s exited", p.Name())
 		}
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
@@ -249,7 +225,7 @@ func (s *soak) startRedis(ctx context.Context) error {
 				return nil
 			}
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil || !p.alive() {
+		if time.Now().After(deadline) || ctx.Err() != nil || !alive(p) {
 			return errors.New("redis-server did not answer PING")
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -511,7 +487,7 @@ func (s *soak) killReplicas(ctx context.Context) {
 		r := s.replicas[mrand.IntN(len(s.replicas))]
 		s.scrape(r) // its counters up to now
 		r.mu.Lock()
-		r.p.kill()
+		kill(r.p)
 		s.mu.Lock()
 		s.killedAt = append(s.killedAt, time.Now())
 		s.mu.Unlock()
@@ -534,7 +510,7 @@ func (s *soak) killReplicas(ctx context.Context) {
 
 func (s *soak) killRedis(ctx context.Context) {
 	for s.sleep(ctx, jitter(s.cfg.redisKillEvery)) {
-		s.redis.kill()
+		kill(s.redis)
 		s.mu.Lock()
 		s.kills["redis-server"]++
 		s.mu.Unlock()
@@ -612,7 +588,7 @@ func (s *soak) scrapeLoop(ctx context.Context) {
 	for s.sleep(ctx, 2*time.Second) {
 		for _, r := range s.replicas {
 			r.mu.Lock()
-			up := r.p != nil && r.p.alive()
+			up := alive(r.p)
 			r.mu.Unlock()
 			if up {
 				s.scrape(r)
@@ -639,14 +615,14 @@ type ledger struct {
 func (s *soak) finish(ctx context.Context) error {
 	s.logf("chaos over: faults cleared, every process up; forcing one refresh of every customer")
 	_ = s.simDo(ctx, http.MethodDelete, "/sim/faults", "")
-	if !s.redis.alive() {
+	if !alive(s.redis) {
 		if err := s.startRedis(ctx); err != nil {
 			return err
 		}
 	}
 	for _, r := range s.replicas {
 		r.mu.Lock()
-		up := r.p.alive()
+		up := alive(r.p)
 		r.mu.Unlock()
 		if !up {
 			if err := s.startReplica(ctx, r); err != nil {

@@ -17,9 +17,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 )
 
 // Import paths of the project's commands.
@@ -126,25 +127,16 @@ func FreeAddr(t testing.TB) string {
 	return addr
 }
 
-// defaultStopGrace is how long Stop waits after SIGTERM before SIGKILL.
-const defaultStopGrace = 10 * time.Second
-
 // logLinesOnFailure is how much of a process's output a failed test shows.
 const logLinesOnFailure = 100
 
 // raceReport is what the race detector prints when it finds a data race.
 const raceReport = "WARNING: DATA RACE"
 
-// Process is a child process owned by one test. Its stdout and stderr go,
-// interleaved, to one in-memory log. The methods are safe for concurrent use.
-// A process is only ever signalled through its own PID while it has not been
-// reaped, so a signal never reaches a process that reused the number.
+// Process is a child process owned by one test: a proc.Process (stdout
+// and stderr interleaved in one in-memory log) whose end the test sees to.
 type Process struct {
-	name      string
-	cmd       *exec.Cmd
-	out       *lockedBuffer
-	done      chan struct{} // closed once the process has exited and been reaped
-	stopGrace time.Duration
+	*proc.Process
 }
 
 // Start starts bin with args and exactly the environment env plus PATH and
@@ -158,47 +150,28 @@ type Process struct {
 // the output, it fails the test.
 func Start(t testing.TB, name, bin string, env []string, args ...string) *Process {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = childEnv(env)
-	out := &lockedBuffer{}
-	cmd.Stdout = out
-	cmd.Stderr = out
-	// A grandchild holding the output pipe must not keep Wait from returning.
-	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+	pp, err := proc.Start(name, bin, args, proc.Options{Env: env})
+	if err != nil {
+		t.Fatal(err)
 	}
-	p := &Process{name: name, cmd: cmd, out: out, done: make(chan struct{}), stopGrace: defaultStopGrace}
-	go func() {
-		_ = cmd.Wait() // the outcome is in cmd.ProcessState
-		close(p.done)
-	}()
+	p := &Process{pp}
 	t.Cleanup(func() { p.cleanup(t) })
 	return p
 }
 
-func childEnv(env []string) []string {
-	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	if v, ok := os.LookupEnv("GORACE"); ok {
-		base = append(base, "GORACE="+v)
-	}
-	// exec.Cmd keeps the last value of a repeated variable: env wins.
-	return append(base, env...)
-}
-
 func (p *Process) cleanup(t testing.TB) {
 	if !p.Exited() {
-		if _, killed := p.stop(); killed {
-			t.Logf("%s (pid %d) did not stop within %v of SIGTERM and was killed", p.name, p.PID(), p.stopGrace)
+		if _, killed := p.Process.Stop(); killed {
+			t.Logf("%s (pid %d) did not stop within %v of SIGTERM and was killed", p.Name(), p.PID(), p.StopGrace())
 		}
 	}
 	logs := p.Logs()
 	if bytes.Contains(logs, []byte(raceReport)) {
-		t.Errorf("%s (pid %d): the race detector reported a data race; see its output", p.name, p.PID())
+		t.Errorf("%s (pid %d): the race detector reported a data race; see its output", p.Name(), p.PID())
 	}
 	if t.Failed() {
 		t.Logf("%s (pid %d) %s; last %d lines of its output:\n%s",
-			p.name, p.PID(), p.describeExit(), logLinesOnFailure, lastLines(logs, logLinesOnFailure))
+			p.Name(), p.PID(), p.describeExit(), logLinesOnFailure, lastLines(logs, logLinesOnFailure))
 	}
 }
 
@@ -210,81 +183,12 @@ func (p *Process) describeExit() string {
 	return fmt.Sprintf("exited with code %d", code)
 }
 
-// Name is the name given to Start.
-func (p *Process) Name() string { return p.name }
-
-// PID is the process id.
-func (p *Process) PID() int { return p.cmd.Process.Pid }
-
-// Logs returns a copy of everything the process wrote to stdout and stderr
-// so far.
-func (p *Process) Logs() []byte { return p.out.Bytes() }
-
-// Signal sends sig to the process. It returns os.ErrProcessDone once the
-// process has exited.
-func (p *Process) Signal(sig os.Signal) error {
-	if p.Exited() {
-		return os.ErrProcessDone
-	}
-	return p.cmd.Process.Signal(sig)
-}
-
-// Kill sends SIGKILL and waits until the process has exited.
-func (p *Process) Kill() {
-	_ = p.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
 // Stop sends SIGTERM, waits up to 10s for the process to exit, then sends
-// SIGKILL, and returns the exit code (see Wait). On a process that already
-// exited it only returns the exit code.
+// SIGKILL, and returns the exit code (see proc.Process.Wait). On a process
+// that already exited it only returns the exit code.
 func (p *Process) Stop() int {
-	code, _ := p.stop()
+	code, _ := p.Process.Stop()
 	return code
-}
-
-func (p *Process) stop() (exitCode int, killed bool) {
-	_ = p.Signal(syscall.SIGTERM)
-	if code, err := p.Wait(p.stopGrace); err == nil {
-		return code, false
-	}
-	p.Kill()
-	code, _ := p.Wait(0)
-	return code, true
-}
-
-// Wait waits up to timeout for the process to exit and returns its exit
-// code: the status it passed to exit, or 128+N when signal N ended it (as
-// a shell reports it: 143 for SIGTERM, 137 for SIGKILL). A race-enabled
-// binary that found a data race exits with 66. If the process still runs
-// after timeout, Wait returns -1 and an error.
-func (p *Process) Wait(timeout time.Duration) (exitCode int, err error) {
-	if timeout <= 0 {
-		select {
-		case <-p.done:
-			return exitStatus(p.cmd.ProcessState), nil
-		default:
-			return -1, fmt.Errorf("%s (pid %d) is still running", p.name, p.PID())
-		}
-	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		return exitStatus(p.cmd.ProcessState), nil
-	case <-timer.C:
-		return -1, fmt.Errorf("%s (pid %d) still running after %v", p.name, p.PID(), timeout)
-	}
-}
-
-// Exited reports whether the process has exited.
-func (p *Process) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // WaitLog waits up to timeout until the process's output contains substr.
@@ -301,20 +205,13 @@ func (p *Process) WaitLog(substr string, timeout time.Duration) error {
 				return nil
 			}
 			code, _ := p.Wait(0)
-			return fmt.Errorf("%s exited with code %d before writing %q", p.name, code, substr)
+			return fmt.Errorf("%s exited with code %d before writing %q", p.Name(), code, substr)
 		}
 		if !time.Now().Before(deadline) {
-			return fmt.Errorf("%s did not write %q within %v", p.name, substr, timeout)
+			return fmt.Errorf("%s did not write %q within %v", p.Name(), substr, timeout)
 		}
-		pause(deadline, p.done)
+		pause(deadline, p.Done())
 	}
-}
-
-func exitStatus(st *os.ProcessState) int {
-	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	return st.ExitCode()
 }
 
 // pollInterval is the pause between two looks at something a test waits for.
@@ -364,7 +261,7 @@ func waitHTTP(t testing.TB, url string, timeout time.Duration, want string, ok f
 		for _, p := range procs {
 			if p.Exited() {
 				code, _ := p.Wait(0)
-				t.Fatalf("GET %s: %s exited with code %d before %s", url, p.name, code, want)
+				t.Fatalf("GET %s: %s exited with code %d before %s", url, p.Name(), code, want)
 			}
 		}
 		status, err := get(client, url, deadline)
@@ -419,7 +316,7 @@ func RunCommand(t testing.TB, bin string, env []string, args ...string) (exitCod
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = childEnv(env)
+	cmd.Env = proc.Environ(env)
 	var outBuf, errBuf bytes.Buffer
 	cmd.Stdout = &outBuf
 	cmd.Stderr = &errBuf
@@ -436,25 +333,7 @@ func RunCommand(t testing.TB, bin string, env []string, args ...string) (exitCod
 	if strings.Contains(stderr, raceReport) {
 		t.Errorf("%s %s: the race detector reported a data race:\n%s", bin, strings.Join(args, " "), stderr)
 	}
-	return exitStatus(cmd.ProcessState), stdout, stderr
-}
-
-// lockedBuffer is a bytes.Buffer safe for one writer and many readers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
+	return proc.ExitStatus(cmd.ProcessState), stdout, stderr
 }
 
 // lastLines returns the last n lines of b.

@@ -272,7 +272,7 @@ func TestStopExitCodes(t *testing.T) {
 			env := append([]string{"SLEEPER_ADDR=" + FreeAddr(t)}, tt.env...)
 			p := startSleeper(t, t, env, tt.args...)
 			if tt.grace > 0 {
-				p.stopGrace = tt.grace
+				p.SetStopGrace(tt.grace)
 			}
 			// Signal only once the process is set up to handle it.
 			ready := "sleeper: listening"

@@ -52,14 +52,16 @@ func StartRedis(t testing.TB, extraArgs ...string) *Redis {
 	if err != nil {
 		t.Fatal("redis-server not found: install it with `apt-get install -y redis-server`")
 	}
-	port := freeRedisPort(t)
 	dir := t.TempDir()
-	r := &Redis{
-		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		URL:  fmt.Sprintf("redis://127.0.0.1:%d/0", port),
-		t:    t,
-		dir:  dir,
-		args: append([]string{
+	r := &Redis{t: t, dir: dir}
+	t.Cleanup(r.Stop)
+	// Another process may take the free port before redis-server binds
+	// it (the machine is shared): then try another.
+	for try := 1; ; try++ {
+		port := freeRedisPort(t)
+		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		r.URL = fmt.Sprintf("redis://127.0.0.1:%d/0", port)
+		r.args = append([]string{
 			bin,
 			"--bind", "127.0.0.1",
 			"--port", strconv.Itoa(port),
@@ -67,11 +69,15 @@ func StartRedis(t testing.TB, extraArgs ...string) *Redis {
 			"--appendonly", "no",
 			"--dir", dir,
 			"--daemonize", "no",
-		}, extraArgs...),
+		}, extraArgs...)
+		log, err := r.start()
+		if err == nil {
+			return r
+		}
+		if try == 3 || !bytes.Contains(log, []byte("Address already in use")) {
+			t.Fatalf("redis-server on %s: %v\n%s", r.Addr, err, redisLogTail(log, 2048))
+		}
 	}
-	t.Cleanup(r.Stop)
-	r.Start()
-	return r
 }
 
 // freeRedisPort asks the kernel for a free loopback port. Another process could
@@ -100,22 +106,31 @@ func freeRedisPort(t testing.TB) int {
 // the server runs. Call it from the test's goroutine: it fails the test.
 func (r *Redis) Start() {
 	r.t.Helper()
+	if log, err := r.start(); err != nil {
+		r.t.Fatalf("redis-server on %s: %v\n%s", r.Addr, err, redisLogTail(log, 2048))
+	}
+}
+
+// start starts the server unless it runs; on failure it returns the
+// server's log.
+func (r *Redis) start() ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.cmd != nil {
-		return
+		return nil, nil
 	}
 	logPath := filepath.Join(r.dir, "redis.log")
+	_ = os.Remove(logPath) // a failed try's
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		r.t.Fatalf("redis log: %v", err)
+		return nil, fmt.Errorf("redis log: %w", err)
 	}
 	cmd := exec.Command(r.args[0], r.args[1:]...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		r.t.Fatalf("start redis-server: %v", err)
+		return nil, fmt.Errorf("start redis-server: %w", err)
 	}
 	logFile.Close() // the child has its own descriptor
 	exited := make(chan struct{})
@@ -128,8 +143,9 @@ func (r *Redis) Start() {
 	if err := waitForRedisPing(r.Addr, exited); err != nil {
 		r.killLocked()
 		out, _ := os.ReadFile(logPath)
-		r.t.Fatalf("redis-server on %s: %v\n%s", r.Addr, err, redisLogTail(out, 2048))
+		return out, err
 	}
+	return nil, nil
 }
 
 // waitForRedisPing polls until the server answers PING, it exits, or
@@ -303,4 +319,63 @@ func redisLogTail(b []byte, n int) []byte {
 		b = b[len(b)-n:]
 	}
 	return bytes.TrimSpace(b)
+}
+
+// StartReplicated starts a master and one replica of it, and waits until
+// the replica is in sync (for WAIT).
+func StartReplicated(t testing.TB) (master, replica *Redis) {
+	t.Helper()
+	// Without a delay the master starts the (diskless) sync at once instead
+	// of waiting 5 s for more replicas.
+	master = StartRedis(t, "--repl-diskless-sync-delay", "0")
+	host, port, err := net.SplitHostPort(master.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replica = StartRedis(t, "--replicaof", host, port)
+	waitInfo(t, master.Client(t), "replication", "the replica in sync", "connected_slaves:1", "state=online")
+	return master, replica
+}
+
+// StartCluster starts a one-node Redis Cluster holding every slot.
+func StartCluster(t testing.TB) *Redis {
+	t.Helper()
+	r := StartRedis(t, "--cluster-enabled", "yes")
+	raw := r.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := raw.Do(ctx, "cluster", "addslotsrange", 0, 16383).Err(); err != nil {
+		t.Fatalf("assign slots: %v", err)
+	}
+	waitInfo(t, raw, "cluster", "the cluster ok", "cluster_state:ok")
+	return r
+}
+
+// waitInfo polls INFO section (CLUSTER INFO for "cluster") until it holds
+// every want, for at most 10 s.
+func waitInfo(t testing.TB, c *redis.Client, section, what string, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		var info string
+		var err error
+		if section == "cluster" {
+			info, err = c.ClusterInfo(ctx).Result()
+		} else {
+			info, err = c.Info(ctx, section).Result()
+		}
+		cancel()
+		ok := err == nil
+		for _, w := range want {
+			ok = ok && bytes.Contains([]byte(info), []byte(w))
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not %s after 10s: %v\n%s", what, err, info)
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
 }

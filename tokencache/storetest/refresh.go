@@ -30,7 +30,7 @@ const (
 	watchWait = 5 * time.Second
 )
 
-// RunRefresh runs the refresh-protocol suite (tokencache.RefreshStore) as
+// RunRefresh runs the refresh-protocol suite (tokencache.Store) as
 // subtests of t. newStore is called once per subtest and must return an
 // empty store no other subtest uses. advance(d) must move the store's clock
 // forward by at least d: a fake clock's Advance, or time.Sleep for a store
@@ -40,10 +40,10 @@ const (
 // move one clock shared by all stores. Assertions count outcomes, never
 // measure time: the only timing assumption is that two consecutive store
 // calls take less than shortTTL (750 ms).
-func RunRefresh(t *testing.T, newStore func(t *testing.T) tokencache.RefreshStore, advance func(d time.Duration)) {
+func RunRefresh(t *testing.T, newStore func(t *testing.T) tokencache.Store, advance func(d time.Duration)) {
 	tests := []struct {
 		name string
-		fn   func(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration))
+		fn   func(t *testing.T, s tokencache.Store, advance func(time.Duration))
 	}{
 		{"ClaimErrors", testClaimErrors},
 		{"ClaimInvalid", testClaimInvalid},
@@ -74,29 +74,51 @@ func RunRefresh(t *testing.T, newStore func(t *testing.T) tokencache.RefreshStor
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newStore(t)
-			t.Cleanup(func() {
-				if err := s.Close(); err != nil {
-					t.Errorf("Close: %v", err)
-				}
-			})
-			tc.fn(t, s, advance)
+			tc.fn(t, newStore(t), advance)
 		})
 	}
 }
 
-func storeNow(t *testing.T, s tokencache.RefreshStore) time.Time {
+// peek reads the customer's entry and the store's now through Update, with
+// a decision that writes nothing.
+func peek(t *testing.T, s tokencache.Store, id string) (tokencache.Entry, time.Time) {
 	t.Helper()
-	now, err := s.Now(testContext(t))
+	var (
+		e   tokencache.Entry
+		now time.Time
+	)
+	err := s.Update(testContext(t), id, tokencache.Decision{Op: "peek", Apply: func(cur *tokencache.Entry, n time.Time) (bool, error) {
+		e, now = *cur, n
+		return false, nil
+	}})
 	if err != nil {
-		t.Fatalf("Now: %v", err)
+		t.Fatalf("peek: %v", err)
 	}
+	return e, now
+}
+
+func storeNow(t *testing.T, s tokencache.Store) time.Time {
+	t.Helper()
+	_, now := peek(t, s, "\x00now")
 	return now
 }
 
-func mustClaim(t *testing.T, s tokencache.RefreshStore, id string, gen int64, owner string, ttl time.Duration) *tokencache.Lease {
+// census counts the store's customers with its Census method, which both
+// stores have.
+func census(t *testing.T, s tokencache.Store) (tokencache.Census, error) {
 	t.Helper()
-	l, err := s.Claim(testContext(t), id, gen, owner, ttl, false)
+	c, ok := s.(interface {
+		Census(context.Context) (tokencache.Census, error)
+	})
+	if !ok {
+		t.Fatalf("%T has no Census method", s)
+	}
+	return c.Census(testContext(t))
+}
+
+func mustClaim(t *testing.T, s tokencache.Store, id string, gen int64, owner string, ttl time.Duration) *tokencache.Lease {
+	t.Helper()
+	l, err := tokencache.Claim(testContext(t), s, id, gen, owner, ttl, false)
 	if err != nil {
 		t.Fatalf("Claim(%q, gen %d, %q): %v", id, gen, owner, err)
 	}
@@ -107,19 +129,19 @@ func mustClaim(t *testing.T, s tokencache.RefreshStore, id string, gen int64, ow
 // lapsed) lapsed without an outcome: the first claim is held off for its
 // ttl (shortTTL here), the grace a holder cut off from the store gets to
 // write an S pair, and the one after it succeeds.
-func claimAfterLapse(t *testing.T, s tokencache.RefreshStore, id string, gen int64, owner, lapsed string, ttl time.Duration, advance func(time.Duration)) *tokencache.Lease {
+func claimAfterLapse(t *testing.T, s tokencache.Store, id string, gen int64, owner, lapsed string, ttl time.Duration, advance func(time.Duration)) *tokencache.Lease {
 	t.Helper()
-	_, err := s.Claim(testContext(t), id, gen, owner, shortTTL, false)
+	_, err := tokencache.Claim(testContext(t), s, id, gen, owner, shortTTL, false)
 	wantHeld(t, err, lapsed)
-	_, err = s.Claim(testContext(t), id, gen, owner, shortTTL, false)
+	_, err = tokencache.Claim(testContext(t), s, id, gen, owner, shortTTL, false)
 	wantHeld(t, err, lapsed) // the grace is given once, not moved
 	advance(shortTTL + slack)
 	return mustClaim(t, s, id, gen, owner, ttl)
 }
 
-func mustComplete(t *testing.T, s tokencache.RefreshStore, l *tokencache.Lease, o tokencache.Outcome) int64 {
+func mustComplete(t *testing.T, s tokencache.Store, l *tokencache.Lease, o tokencache.Outcome) int64 {
 	t.Helper()
-	gen, err := s.Complete(testContext(t), l, o)
+	gen, err := tokencache.Complete(testContext(t), s, l, o)
 	if err != nil {
 		t.Fatalf("Complete(%v): %v", o.Kind, err)
 	}
@@ -135,8 +157,8 @@ func wantHeld(t *testing.T, err error, owner string) {
 	if he.Owner != owner {
 		t.Fatalf("LeaseHeldError.Owner = %q, want %q", he.Owner, owner)
 	}
-	if he.TTL <= 0 || he.Until.IsZero() {
-		t.Fatalf("LeaseHeldError TTL %v Until %v, want a live lease", he.TTL, he.Until)
+	if he.TTL <= 0 {
+		t.Fatalf("LeaseHeldError TTL %v, want a live lease", he.TTL)
 	}
 }
 
@@ -148,7 +170,7 @@ func wantLease(t *testing.T, l *tokencache.Lease, represent bool, attempt int) {
 }
 
 // refreshed is the outcome of an S answer, with a new pair.
-func refreshed(t *testing.T, s tokencache.RefreshStore) (tokencache.Outcome, *tokencache.Record) {
+func refreshed(t *testing.T, s tokencache.Store) (tokencache.Outcome, *tokencache.Record) {
 	now := storeNow(t, s)
 	rec := &tokencache.Record{
 		AccessToken:        token("access"),
@@ -165,18 +187,18 @@ func failed(kind tokencache.OutcomeKind, code string) tokencache.Outcome {
 	return tokencache.Outcome{Kind: kind, Code: code, Backoff: backoff}
 }
 
-func wantJournal(t *testing.T, s tokencache.RefreshStore, id, rth string, kind tokencache.OutcomeKind, code string, gen int64) {
+// wantJournal checks the journal entry Complete left, read right after it
+// wrote generation gen.
+func wantJournal(t *testing.T, s tokencache.Store, id, rth string, kind tokencache.OutcomeKind, code string, gen int64) {
 	t.Helper()
-	e, err := s.Journal(testContext(t), id, rth)
-	if err != nil {
-		t.Fatalf("Journal: %v", err)
-	}
-	if e.Kind != kind || e.Code != code || e.Generation != gen {
-		t.Fatalf("Journal = %v %q gen %d, want %v %q gen %d", e.Kind, e.Code, e.Generation, kind, code, gen)
+	rec := mustGet(t, s, id)
+	j := rec.Journal
+	if j.RefreshTokenHash != rth || j.Kind != kind || j.Code != code || rec.Generation != gen || !j.For(rth, storeNow(t, s)) {
+		t.Fatalf("Journal = %+v at gen %d, want %v %q for %s at gen %d", j, rec.Generation, kind, code, rth, gen)
 	}
 }
 
-func testClaimErrors(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testClaimErrors(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	before := storeNow(t, s)
 	gen := mustPut(t, s, FullRecord("a"))
@@ -190,26 +212,27 @@ func testClaimErrors(t *testing.T, s tokencache.RefreshStore, _ func(time.Durati
 		t.Fatalf("lease RefreshTokenHash %q, record's %q", l.RefreshTokenHash, rec.RefreshTokenHash)
 	}
 	wantLease(t, l, false, 1)
-	if l.Expiry.Before(before.Add(longTTL).Add(-time.Millisecond)) || l.Expiry.After(after.Add(longTTL).Add(time.Millisecond)) {
-		t.Fatalf("lease expiry %v, want now+%v in [%v, %v]", l.Expiry, longTTL, before, after)
+	if e, _ := peek(t, s, "a"); e.Lease.Until.Before(before.Add(longTTL).Add(-time.Millisecond)) || e.Lease.Until.After(after.Add(longTTL).Add(time.Millisecond)) ||
+		e.Lease.Owner != "owner-1" || e.Lease.Fence != l.Fence {
+		t.Fatalf("lease %+v, want owner-1 fence %d until now+%v in [%v, %v]", e.Lease, l.Fence, longTTL, before, after)
 	}
 	if rec.Generation != gen {
 		t.Fatalf("Claim raised the generation: %d -> %d", gen, rec.Generation)
 	}
 
-	_, err := s.Claim(ctx, "a", gen, "owner-2", longTTL, false)
+	_, err := tokencache.Claim(ctx, s, "a", gen, "owner-2", longTTL, false)
 	wantHeld(t, err, "owner-1")
 	// The same owner does not get it twice either.
-	_, err = s.Claim(ctx, "a", gen, "owner-1", longTTL, true)
+	_, err = tokencache.Claim(ctx, s, "a", gen, "owner-1", longTTL, true)
 	wantHeld(t, err, "owner-1")
 	// A stale generation is a conflict, held lease or not.
-	if _, err := s.Claim(ctx, "a", gen-1, "owner-2", longTTL, false); !errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.Claim(ctx, s, "a", gen-1, "owner-2", longTTL, false); !errors.Is(err, tokencache.ErrConflict) {
 		t.Fatalf("Claim with a stale generation: %v, want ErrConflict", err)
 	}
 
 	gen1 := mustPut(t, s, FullRecord("b"))
 	gen2 := mustPut(t, s, FullRecord("b"))
-	if _, err := s.Claim(ctx, "b", gen1, "owner-1", longTTL, false); !errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.Claim(ctx, s, "b", gen1, "owner-1", longTTL, false); !errors.Is(err, tokencache.ErrConflict) {
 		t.Fatalf("Claim with generation %d of %d: %v, want ErrConflict", gen1, gen2, err)
 	}
 
@@ -217,27 +240,27 @@ func testClaimErrors(t *testing.T, s tokencache.RefreshStore, _ func(time.Durati
 	reauth.State = tokencache.StateReauthorizationRequired
 	genC := mustPut(t, s, reauth)
 	for _, g := range []int64{genC, genC + 1} { // state is checked before the generation
-		if _, err := s.Claim(ctx, "c", g, "owner-1", longTTL, true); !errors.Is(err, tokencache.ErrNotActive) {
+		if _, err := tokencache.Claim(ctx, s, "c", g, "owner-1", longTTL, true); !errors.Is(err, tokencache.ErrNotActive) {
 			t.Fatalf("Claim of a reauthorization_required customer: %v, want ErrNotActive", err)
 		}
 	}
 
-	if _, err := s.Claim(ctx, "nobody", 1, "owner-1", longTTL, false); !errors.Is(err, tokencache.ErrNotFound) {
+	if _, err := tokencache.Claim(ctx, s, "nobody", 1, "owner-1", longTTL, false); !errors.Is(err, tokencache.ErrNotFound) {
 		t.Fatalf("Claim of an unknown customer: %v, want ErrNotFound", err)
 	}
 	mustDelete(t, s, "b")
-	if _, err := s.Claim(ctx, "b", gen2, "owner-1", longTTL, false); !errors.Is(err, tokencache.ErrNotFound) {
+	if _, err := tokencache.Claim(ctx, s, "b", gen2, "owner-1", longTTL, false); !errors.Is(err, tokencache.ErrNotFound) {
 		t.Fatalf("Claim of a deleted customer: %v, want ErrNotFound", err)
 	}
 }
 
-func testClaimInvalid(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testClaimInvalid(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	gen := mustPut(t, s, FullRecord("a"))
 	for _, tc := range []struct {
 		owner string
 		ttl   time.Duration
 	}{{"", longTTL}, {"o", 0}, {"o", -time.Second}, {"o", time.Microsecond}} {
-		if _, err := s.Claim(testContext(t), "a", gen, tc.owner, tc.ttl, false); err == nil {
+		if _, err := tokencache.Claim(testContext(t), s, "a", gen, tc.owner, tc.ttl, false); err == nil {
 			t.Errorf("Claim(owner %q, ttl %v) succeeded", tc.owner, tc.ttl)
 		}
 	}
@@ -245,7 +268,7 @@ func testClaimInvalid(t *testing.T, s tokencache.RefreshStore, _ func(time.Durat
 	mustClaim(t, s, "a", gen, "o", longTTL)
 }
 
-func testConcurrentClaim(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testConcurrentClaim(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	gen := mustPut(t, s, FullRecord("race"))
 	leases := make([]*tokencache.Lease, concurrency)
 	errs := make([]error, concurrency)
@@ -254,7 +277,7 @@ func testConcurrentClaim(t *testing.T, s tokencache.RefreshStore, _ func(time.Du
 	for i := range concurrency {
 		wg.Go(func() {
 			<-start
-			leases[i], errs[i] = s.Claim(testContext(t), "race", gen, fmt.Sprintf("owner-%d", i), longTTL, false)
+			leases[i], errs[i] = tokencache.Claim(testContext(t), s, "race", gen, fmt.Sprintf("owner-%d", i), longTTL, false)
 		})
 	}
 	close(start)
@@ -280,7 +303,7 @@ func testConcurrentClaim(t *testing.T, s tokencache.RefreshStore, _ func(time.Du
 	wantLease(t, leases[winner], false, 1)
 }
 
-func testLeaseLapse(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testLeaseLapse(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	first := mustClaim(t, s, "a", gen, "owner-1", shortTTL)
@@ -297,49 +320,49 @@ func testLeaseLapse(t *testing.T, s tokencache.RefreshStore, advance func(time.D
 	if second.RefreshTokenHash != first.RefreshTokenHash {
 		t.Fatal("the same token got another hash")
 	}
-	if _, err := s.Renew(ctx, first, longTTL); !errors.Is(err, tokencache.ErrLeaseLost) {
+	if err := tokencache.Renew(ctx, s, first, longTTL); !errors.Is(err, tokencache.ErrLeaseLost) {
 		t.Fatalf("Renew of a lapsed and reclaimed lease: %v, want ErrLeaseLost", err)
 	}
 	// The lapsed holder's Release touches neither the new lease nor its
 	// intent.
-	if err := s.Release(ctx, first); err != nil {
+	if err := tokencache.Release(ctx, s, first); err != nil {
 		t.Fatalf("Release of a lapsed lease: %v", err)
 	}
-	_, err := s.Claim(ctx, "a", gen, "owner-3", longTTL, false)
+	_, err := tokencache.Claim(ctx, s, "a", gen, "owner-3", longTTL, false)
 	wantHeld(t, err, "owner-2")
 
 	// The second holder presents nothing and releases: the first one's
 	// presentation is still unknown.
-	if err := s.Release(ctx, second); err != nil {
+	if err := tokencache.Release(ctx, s, second); err != nil {
 		t.Fatal(err)
 	}
 	third := mustClaim(t, s, "a", gen, "owner-3", longTTL)
 	wantLease(t, third, true, 2)
 }
 
-func testRenewRelease(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testRenewRelease(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	l := mustClaim(t, s, "a", gen, "owner-1", midTTL)
 	before := storeNow(t, s)
-	exp, err := s.Renew(ctx, l, longTTL)
-	if err != nil {
+	if err := tokencache.Renew(ctx, s, l, longTTL); err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
-	if exp.Before(before.Add(longTTL).Add(-time.Millisecond)) {
+	if e, _ := peek(t, s, "a"); e.Lease.Until.Before(before.Add(longTTL).Add(-time.Millisecond)) {
+		exp := e.Lease.Until
 		t.Fatalf("Renew expiry %v, want about %v", exp, before.Add(longTTL))
 	}
 	advance(midTTL + slack) // past the claimed ttl, not the renewed one
-	_, err = s.Claim(ctx, "a", gen, "owner-2", longTTL, false)
+	_, err := tokencache.Claim(ctx, s, "a", gen, "owner-2", longTTL, false)
 	wantHeld(t, err, "owner-1")
 
-	if err := s.Release(ctx, l); err != nil {
+	if err := tokencache.Release(ctx, s, l); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	if err := s.Release(ctx, l); err != nil {
+	if err := tokencache.Release(ctx, s, l); err != nil {
 		t.Fatalf("second Release: %v", err)
 	}
-	if _, err := s.Renew(ctx, l, longTTL); !errors.Is(err, tokencache.ErrLeaseLost) {
+	if err := tokencache.Renew(ctx, s, l, longTTL); !errors.Is(err, tokencache.ErrLeaseLost) {
 		t.Fatalf("Renew after Release: %v, want ErrLeaseLost", err)
 	}
 	// Nothing was presented: the next claim is a first presentation.
@@ -347,7 +370,7 @@ func testRenewRelease(t *testing.T, s tokencache.RefreshStore, advance func(time
 	wantLease(t, next, false, 1)
 }
 
-func testFenceNeverReused(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testFenceNeverReused(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	old := mustClaim(t, s, "a", gen, "owner-1", longTTL)
@@ -359,17 +382,17 @@ func testFenceNeverReused(t *testing.T, s tokencache.RefreshStore, _ func(time.D
 	}
 	// The holder from before the Delete cannot touch the new lease, though
 	// it has the same owner.
-	if _, err := s.Renew(ctx, old, longTTL); !errors.Is(err, tokencache.ErrLeaseLost) {
+	if err := tokencache.Renew(ctx, s, old, longTTL); !errors.Is(err, tokencache.ErrLeaseLost) {
 		t.Fatalf("Renew of a lease from before Delete: %v, want ErrLeaseLost", err)
 	}
-	if err := s.Release(ctx, old); err != nil {
+	if err := tokencache.Release(ctx, s, old); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Claim(ctx, "a", gen, "owner-2", longTTL, false)
+	_, err := tokencache.Claim(ctx, s, "a", gen, "owner-2", longTTL, false)
 	wantHeld(t, err, "owner-1")
 }
 
-func testRefreshedAfterLapse(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testRefreshedAfterLapse(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	ctx := testContext(t)
 	orig := FullRecord("a")
 	gen := mustPut(t, s, orig)
@@ -396,7 +419,7 @@ func testRefreshedAfterLapse(t *testing.T, s tokencache.RefreshStore, advance fu
 	}
 	wantJournal(t, s, "a", l.RefreshTokenHash, tokencache.Refreshed, "", newGen)
 
-	if _, err := s.Claim(ctx, "a", gen, "owner-2", longTTL, false); !errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.Claim(ctx, s, "a", gen, "owner-2", longTTL, false); !errors.Is(err, tokencache.ErrConflict) {
 		t.Fatalf("Claim of the spent generation: %v, want ErrConflict", err)
 	}
 	next := mustClaim(t, s, "a", newGen, "owner-2", longTTL)
@@ -406,7 +429,7 @@ func testRefreshedAfterLapse(t *testing.T, s tokencache.RefreshStore, advance fu
 	}
 }
 
-func testLateHolderRefreshed(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testLateHolderRefreshed(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	late := mustClaim(t, s, "a", gen, "owner-1", shortTTL)
@@ -417,12 +440,12 @@ func testLateHolderRefreshed(t *testing.T, s tokencache.RefreshStore, advance fu
 	// holder's lease is left alone.
 	o, fresh := refreshed(t, s)
 	newGen := mustComplete(t, s, late, o)
-	_, err := s.Claim(ctx, "a", newGen, "owner-3", longTTL, false)
+	_, err := tokencache.Claim(ctx, s, "a", newGen, "owner-3", longTTL, false)
 	wantHeld(t, err, "owner-2")
 
 	// The current holder's answer (USED_REFRESH_TOKEN, surely) comes too
 	// late to undo it.
-	if _, err := s.Complete(ctx, current, failed(tokencache.Rejected, "USED_REFRESH_TOKEN")); !errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.Complete(ctx, s, current, failed(tokencache.Rejected, "USED_REFRESH_TOKEN")); !errors.Is(err, tokencache.ErrConflict) {
 		t.Fatalf("Complete of the spent token: %v, want ErrConflict", err)
 	}
 	got := mustGet(t, s, "a")
@@ -432,7 +455,7 @@ func testLateHolderRefreshed(t *testing.T, s tokencache.RefreshStore, advance fu
 	}
 }
 
-func testCompleteAfterDelete(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testCompleteAfterDelete(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	l := mustClaim(t, s, "a", gen, "owner-1", longTTL)
@@ -442,27 +465,24 @@ func testCompleteAfterDelete(t *testing.T, s tokencache.RefreshStore, _ func(tim
 		failed(tokencache.Unknown, "WALLET_TIMEOUT"),
 		failed(tokencache.Rejected, "INVALID_REFRESH_TOKEN"),
 	} {
-		if _, err := s.Complete(ctx, l, o); !errors.Is(err, tokencache.ErrNotFound) {
+		if _, err := tokencache.Complete(ctx, s, l, o); !errors.Is(err, tokencache.ErrNotFound) {
 			t.Fatalf("Complete(%v) after Delete: %v, want ErrNotFound", o.Kind, err)
 		}
 	}
 	wantNotFound(t, s, "a")
-	if _, err := s.Journal(ctx, "a", l.RefreshTokenHash); !errors.Is(err, tokencache.ErrNotFound) {
-		t.Fatalf("Journal after a refused Complete: %v, want ErrNotFound", err)
-	}
 }
 
-func testCompleteAfterPut(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testCompleteAfterPut(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	l := mustClaim(t, s, "a", gen, "owner-1", longTTL)
 	exchange := FullRecord("a")
 	newGen := mustPut(t, s, exchange)
 	o, _ := refreshed(t, s)
-	if _, err := s.Complete(ctx, l, o); !errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.Complete(ctx, s, l, o); !errors.Is(err, tokencache.ErrConflict) {
 		t.Fatalf("Complete after a new exchange: %v, want ErrConflict", err)
 	}
-	if _, err := s.Complete(ctx, l, failed(tokencache.Rejected, "USED_REFRESH_TOKEN")); !errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.Complete(ctx, s, l, failed(tokencache.Rejected, "USED_REFRESH_TOKEN")); !errors.Is(err, tokencache.ErrConflict) {
 		t.Fatalf("Complete(Rejected) after a new exchange: %v, want ErrConflict", err)
 	}
 	got := mustGet(t, s, "a")
@@ -495,13 +515,13 @@ func wantBackoff(t *testing.T, err error, rec *tokencache.Record) {
 	if !errors.As(err, &be) || !errors.Is(err, tokencache.ErrBackoff) {
 		t.Fatalf("Claim in cooldown: %v, want *BackoffError", err)
 	}
-	if be.Remaining <= 0 || be.Remaining > backoff || !be.Until.Equal(rec.NotBefore) || be.LastError != rec.LastError {
-		t.Fatalf("BackoffError Remaining %v Until %v LastError %q; want (0, %v], %v, %q",
-			be.Remaining, be.Until, be.LastError, backoff, rec.NotBefore, rec.LastError)
+	if be.Remaining <= 0 || be.Remaining > backoff || be.LastError != rec.LastError {
+		t.Fatalf("BackoffError Remaining %v LastError %q; want (0, %v], %q",
+			be.Remaining, be.LastError, backoff, rec.LastError)
 	}
 }
 
-func testUnknown(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testUnknown(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	ctx := testContext(t)
 	orig := FullRecord("a")
 	gen := mustPut(t, s, orig)
@@ -522,14 +542,14 @@ func testUnknown(t *testing.T, s tokencache.RefreshStore, advance func(time.Dura
 
 	// Cooling down: not held (Complete released the lease), but refused
 	// until the cooldown ends, unless forced.
-	_, err := s.Claim(ctx, "a", gen2, "owner-2", longTTL, false)
+	_, err := tokencache.Claim(ctx, s, "a", gen2, "owner-2", longTTL, false)
 	wantBackoff(t, err, rec)
-	forced, err := s.Claim(ctx, "a", gen2, "owner-2", longTTL, true)
+	forced, err := tokencache.Claim(ctx, s, "a", gen2, "owner-2", longTTL, true)
 	if err != nil {
 		t.Fatalf("Claim ignoring the backoff: %v", err)
 	}
 	wantLease(t, forced, true, 2)
-	if err := s.Release(ctx, forced); err != nil {
+	if err := tokencache.Release(ctx, s, forced); err != nil {
 		t.Fatal(err)
 	}
 
@@ -555,7 +575,7 @@ func testUnknown(t *testing.T, s tokencache.RefreshStore, advance func(time.Dura
 	wantJournal(t, s, "a", l.RefreshTokenHash, tokencache.Refreshed, "", gen4)
 }
 
-func testRefused(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testRefused(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	l := mustClaim(t, s, "a", gen, "owner-1", longTTL)
@@ -565,7 +585,7 @@ func testRefused(t *testing.T, s tokencache.RefreshStore, advance func(time.Dura
 	rec := mustGet(t, s, "a")
 	checkCooldown(t, rec, before, after, "REQUEST_TRAFFIC_EXCEED_LIMIT", 1)
 	wantJournal(t, s, "a", l.RefreshTokenHash, tokencache.Refused, "REQUEST_TRAFFIC_EXCEED_LIMIT", gen2)
-	_, err := s.Claim(ctx, "a", gen2, "owner-2", longTTL, false)
+	_, err := tokencache.Claim(ctx, s, "a", gen2, "owner-2", longTTL, false)
 	wantBackoff(t, err, rec)
 
 	advance(backoff + slack)
@@ -573,7 +593,7 @@ func testRefused(t *testing.T, s tokencache.RefreshStore, advance func(time.Dura
 	wantLease(t, next, false, 1) // the token is known unused
 }
 
-func testRefusedRepresentation(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testRefusedRepresentation(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	gen := mustPut(t, s, FullRecord("a"))
 	l := mustClaim(t, s, "a", gen, "owner-1", longTTL)
 	gen = mustComplete(t, s, l, failed(tokencache.Unknown, "WALLET_TIMEOUT"))
@@ -588,7 +608,7 @@ func testRefusedRepresentation(t *testing.T, s tokencache.RefreshStore, advance 
 	wantLease(t, next, true, 3)
 }
 
-func testRejected(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testRejected(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	rec := FullRecord("a")
 	now := storeNow(t, s)
@@ -611,12 +631,12 @@ func testRejected(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)
 	if dueHas(t, s, all, "a") {
 		t.Fatal("reauthorization_required customer still due")
 	}
-	if _, err := s.Claim(ctx, "a", gen2, "owner-2", longTTL, true); !errors.Is(err, tokencache.ErrNotActive) {
+	if _, err := tokencache.Claim(ctx, s, "a", gen2, "owner-2", longTTL, true); !errors.Is(err, tokencache.ErrNotActive) {
 		t.Fatalf("Claim after Rejected: %v, want ErrNotActive", err)
 	}
 }
 
-func testStaleFailureAfterRejected(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testStaleFailureAfterRejected(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	gen := mustPut(t, s, FullRecord("a"))
 	stale := mustClaim(t, s, "a", gen, "owner-1", shortTTL)
 	advance(shortTTL + slack)
@@ -638,7 +658,7 @@ func testStaleFailureAfterRejected(t *testing.T, s tokencache.RefreshStore, adva
 	}
 }
 
-func allBuckets(s tokencache.RefreshStore) []int {
+func allBuckets(s tokencache.Store) []int {
 	all := make([]int, s.Buckets())
 	for i := range all {
 		all[i] = i
@@ -646,7 +666,7 @@ func allBuckets(s tokencache.RefreshStore) []int {
 	return all
 }
 
-func dueHas(t *testing.T, s tokencache.RefreshStore, buckets []int, id string) bool {
+func dueHas(t *testing.T, s tokencache.Store, buckets []int, id string) bool {
 	t.Helper()
 	due, err := s.Due(testContext(t), buckets, 1000)
 	if err != nil {
@@ -660,7 +680,7 @@ func dueHas(t *testing.T, s tokencache.RefreshStore, buckets []int, id string) b
 	return false
 }
 
-func testBackoffReschedules(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testBackoffReschedules(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	all := allBuckets(s)
 	for i, kind := range []tokencache.OutcomeKind{tokencache.Refused, tokencache.Unknown} {
 		id := fmt.Sprintf("c%d", i)
@@ -685,7 +705,7 @@ func testBackoffReschedules(t *testing.T, s tokencache.RefreshStore, advance fun
 	}
 }
 
-func testDue(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testDue(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	now := storeNow(t, s).Truncate(time.Millisecond)
 	all := allBuckets(s)
@@ -746,13 +766,13 @@ func testDue(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
 	// Writes move and drop entries.
 	rec := mustGet(t, s, "d1")
 	rec.NextRefresh = now.Add(time.Hour)
-	if _, err := s.CompareAndSwap(ctx, rec, gens["d1"]); err != nil {
+	if _, err := tokencache.CompareAndSwap(ctx, s, rec, gens["d1"]); err != nil {
 		t.Fatal(err)
 	}
 	rec = mustGet(t, s, "later")
 	rec.NextRefresh = now.Add(-4 * time.Minute)
 	times["later"] = rec.NextRefresh
-	if _, err := s.CompareAndSwap(ctx, rec, gens["later"]); err != nil {
+	if _, err := tokencache.CompareAndSwap(ctx, s, rec, gens["later"]); err != nil {
 		t.Fatal(err)
 	}
 	mustDelete(t, s, "d3")
@@ -779,28 +799,29 @@ func wantDue(t *testing.T, due []tokencache.DueEntry, times map[string]time.Time
 	}
 }
 
-func testJournalUnknown(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
-	ctx := testContext(t)
-	if _, err := s.Journal(ctx, "nobody", "0123"); !errors.Is(err, tokencache.ErrNotFound) {
-		t.Fatalf("Journal of an unknown customer: %v, want ErrNotFound", err)
-	}
+func testJournalUnknown(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	gen := mustPut(t, s, FullRecord("a"))
 	rec := mustGet(t, s, "a")
 	l := mustClaim(t, s, "a", gen, "owner-1", longTTL)
 	// A claim alone writes no journal entry.
-	if _, err := s.Journal(ctx, "a", rec.RefreshTokenHash); !errors.Is(err, tokencache.ErrNotFound) {
-		t.Fatalf("Journal before Complete: %v, want ErrNotFound", err)
+	if j := mustGet(t, s, "a").Journal; j != (tokencache.JournalEntry{}) || j.For(rec.RefreshTokenHash, storeNow(t, s)) {
+		t.Fatalf("Journal before Complete: %+v, want none", j)
 	}
 	gen = mustComplete(t, s, l, failed(tokencache.Unknown, "WALLET_TIMEOUT"))
 	wantJournal(t, s, "a", rec.RefreshTokenHash, tokencache.Unknown, "WALLET_TIMEOUT", gen)
-	if _, err := s.Journal(ctx, "b", rec.RefreshTokenHash); !errors.Is(err, tokencache.ErrNotFound) {
-		t.Fatalf("Journal of another customer: %v, want ErrNotFound", err)
+	if j := mustGet(t, s, "a").Journal; j.For("another token", storeNow(t, s)) {
+		t.Fatalf("Journal %+v answers for another token", j)
+	}
+	// A new exchange starts without one.
+	mustPut(t, s, FullRecord("a"))
+	if j := mustGet(t, s, "a").Journal; j.Kind != 0 {
+		t.Fatalf("Journal after Put: %+v, want none", j)
 	}
 }
 
 // watchReady waits until the store's watches can hear, for stores that
 // say (Redis subscribes in the background).
-func watchReady(t *testing.T, s tokencache.RefreshStore) {
+func watchReady(t *testing.T, s tokencache.Store) {
 	t.Helper()
 	if r, ok := s.(interface{ WatchReady(context.Context) error }); ok {
 		if err := r.WatchReady(testContext(t)); err != nil {
@@ -828,7 +849,7 @@ func wantNoNotice(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
-func testWatch(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testWatch(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	// One customer per event, so that a late notice of one event cannot
 	// pass for another's.
 	for _, id := range []string{"completed", "put", "deleted", "quiet"} {
@@ -865,13 +886,13 @@ func testWatch(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
 	wantNoNotice(t, quiet, "a customer without events")
 }
 
-func testTouchLastUsed(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testTouchLastUsed(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	rec := FullRecord("a")
 	rec.LastUsed = time.Time{}
 	gen := mustPut(t, s, rec)
 	before := storeNow(t, s).Truncate(time.Millisecond)
-	if err := s.TouchLastUsed(ctx, "a"); err != nil {
+	if err := tokencache.Touch(ctx, s, "a", 0); err != nil {
 		t.Fatalf("TouchLastUsed: %v", err)
 	}
 	after := storeNow(t, s)
@@ -884,15 +905,22 @@ func testTouchLastUsed(t *testing.T, s tokencache.RefreshStore, _ func(time.Dura
 	}
 	rec.LastUsed = got.LastUsed
 	CheckRecord(t, got, rec)
-	if err := s.TouchLastUsed(ctx, "nobody"); err != nil {
+	// Within every of the last one, a touch writes nothing.
+	if err := tokencache.Touch(ctx, s, "a", time.Hour); err != nil {
+		t.Fatalf("TouchLastUsed: %v", err)
+	}
+	if again := mustGet(t, s, "a"); !again.LastUsed.Equal(got.LastUsed) {
+		t.Fatalf("LastUsed %v after a touch within the hour, want %v kept", again.LastUsed, got.LastUsed)
+	}
+	if err := tokencache.Touch(ctx, s, "nobody", 0); err != nil {
 		t.Fatalf("TouchLastUsed of an unknown customer: %v", err)
 	}
 	wantNotFound(t, s, "nobody")
 }
 
-func testCensus(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testCensus(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
-	if c, err := s.Census(ctx); err != nil || c != (tokencache.Census{}) {
+	if c, err := census(t, s); err != nil || c != (tokencache.Census{}) {
 		t.Fatalf("Census of an empty store: %+v, %v", c, err)
 	}
 	now := storeNow(t, s)
@@ -910,17 +938,17 @@ func testCensus(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) 
 	mustPut(t, s, FullRecord("deleted"))
 	mustDelete(t, s, "deleted")
 
-	c, err := s.Census(ctx)
+	c, err := census(t, s)
 	if err != nil {
 		t.Fatalf("Census: %v", err)
 	}
 	if want := (tokencache.Census{Valid: 1, Expired: 1, Refreshing: 1, ReauthorizationRequired: 1}); c != want {
 		t.Fatalf("Census = %+v, want %+v", c, want)
 	}
-	if err := s.Release(ctx, l); err != nil {
+	if err := tokencache.Release(ctx, s, l); err != nil {
 		t.Fatal(err)
 	}
-	c, err = s.Census(ctx)
+	c, err = census(t, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -929,7 +957,7 @@ func testCensus(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) 
 	}
 }
 
-func testGenerationOnlyOnWrites(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testGenerationOnlyOnWrites(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	check := func(what string, want int64) {
@@ -940,15 +968,15 @@ func testGenerationOnlyOnWrites(t *testing.T, s tokencache.RefreshStore, _ func(
 	}
 	l := mustClaim(t, s, "a", gen, "owner-1", longTTL)
 	check("Claim", gen)
-	if _, err := s.Renew(ctx, l, longTTL); err != nil {
+	if err := tokencache.Renew(ctx, s, l, longTTL); err != nil {
 		t.Fatal(err)
 	}
 	check("Renew", gen)
-	if err := s.TouchLastUsed(ctx, "a"); err != nil {
+	if err := tokencache.Touch(ctx, s, "a", 0); err != nil {
 		t.Fatal(err)
 	}
 	check("TouchLastUsed", gen)
-	if err := s.Release(ctx, l); err != nil {
+	if err := tokencache.Release(ctx, s, l); err != nil {
 		t.Fatal(err)
 	}
 	check("Release", gen)
@@ -962,12 +990,12 @@ func testGenerationOnlyOnWrites(t *testing.T, s tokencache.RefreshStore, _ func(
 	mustClaim(t, s, "a", gen2, "owner-1", longTTL)
 }
 
-func testPutResetsProtocol(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testPutResetsProtocol(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	l := mustClaim(t, s, "a", gen, "owner-1", longTTL)
 	gen = mustComplete(t, s, l, failed(tokencache.Unknown, "WALLET_TIMEOUT"))
-	held, err := s.Claim(ctx, "a", gen, "owner-1", longTTL, true)
+	held, err := tokencache.Claim(ctx, s, "a", gen, "owner-1", longTTL, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -980,12 +1008,12 @@ func testPutResetsProtocol(t *testing.T, s tokencache.RefreshStore, _ func(time.
 	// No lease, no cooldown, no intent.
 	next := mustClaim(t, s, "a", gen, "owner-2", longTTL)
 	wantLease(t, next, false, 1)
-	if _, err := s.Renew(ctx, held, longTTL); !errors.Is(err, tokencache.ErrLeaseLost) {
+	if err := tokencache.Renew(ctx, s, held, longTTL); !errors.Is(err, tokencache.ErrLeaseLost) {
 		t.Fatalf("Renew of a lease from before Put: %v, want ErrLeaseLost", err)
 	}
 }
 
-func testCompareAndSwapKeepsProtocol(t *testing.T, s tokencache.RefreshStore, advance func(time.Duration)) {
+func testCompareAndSwapKeepsProtocol(t *testing.T, s tokencache.Store, advance func(time.Duration)) {
 	ctx := testContext(t)
 	gen := mustPut(t, s, FullRecord("a"))
 	l := mustClaim(t, s, "a", gen, "owner-1", longTTL)
@@ -995,7 +1023,7 @@ func testCompareAndSwapKeepsProtocol(t *testing.T, s tokencache.RefreshStore, ad
 	// A CAS that keeps the token (say, a status update) keeps the
 	// protocol's state.
 	before.LastError = "SOMETHING_ELSE"
-	gen, err := s.CompareAndSwap(ctx, before, gen)
+	gen, err := tokencache.CompareAndSwap(ctx, s, before, gen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1007,13 +1035,13 @@ func testCompareAndSwapKeepsProtocol(t *testing.T, s tokencache.RefreshStore, ad
 	advance(backoff + slack)
 	re := mustClaim(t, s, "a", gen, "owner-2", longTTL)
 	wantLease(t, re, true, 2)
-	if err := s.Release(ctx, re); err != nil {
+	if err := tokencache.Release(ctx, s, re); err != nil {
 		t.Fatal(err)
 	}
 
 	// A CAS with another refresh token names it anew: no intent is about it.
 	got.RefreshToken = token("refresh")
-	gen, err = s.CompareAndSwap(ctx, got, gen)
+	gen, err = tokencache.CompareAndSwap(ctx, s, got, gen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1024,7 +1052,7 @@ func testCompareAndSwapKeepsProtocol(t *testing.T, s tokencache.RefreshStore, ad
 	wantLease(t, next, false, 1)
 }
 
-func testReadOnlyFields(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testReadOnlyFields(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	rec := FullRecord("a")
 	rec.RefreshTokenHash = "caller-chosen"
 	rec.Failures = 7
@@ -1042,7 +1070,7 @@ func testReadOnlyFields(t *testing.T, s tokencache.RefreshStore, _ func(time.Dur
 
 var hashForm = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
-func testRefreshTokenHash(t *testing.T, s tokencache.RefreshStore, _ func(time.Duration)) {
+func testRefreshTokenHash(t *testing.T, s tokencache.Store, _ func(time.Duration)) {
 	a := FullRecord("a")
 	mustPut(t, s, a)
 	ha := mustGet(t, s, "a").RefreshTokenHash
@@ -1074,7 +1102,7 @@ func testRefreshTokenHash(t *testing.T, s tokencache.RefreshStore, _ func(time.D
 // future, none), moves and deletes some, and checks Due against the
 // records themselves for several limits and bucket sets. Run it on a store
 // with few buckets, so that each holds many customers.
-func CheckDueIndex(t *testing.T, s tokencache.RefreshStore, n int) {
+func CheckDueIndex(t *testing.T, s tokencache.Store, n int) {
 	ctx := testContext(t)
 	now := storeNow(t, s).Truncate(time.Millisecond)
 	want := map[string]time.Time{} // id -> NextRefresh, zero: not scheduled
@@ -1103,7 +1131,7 @@ func CheckDueIndex(t *testing.T, s tokencache.RefreshStore, n int) {
 		}
 		rec := mustGet(t, s, id)
 		rec.NextRefresh = now.Add(-time.Duration(i) * time.Millisecond)
-		if _, err := s.CompareAndSwap(ctx, rec, gens[id]); err != nil {
+		if _, err := tokencache.CompareAndSwap(ctx, s, rec, gens[id]); err != nil {
 			t.Fatal(err)
 		}
 		want[id] = rec.NextRefresh

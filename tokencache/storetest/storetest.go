@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) tokencache.Store) {
 		{"InvalidRecord", testInvalidRecord},
 		{"CanceledContext", testCanceledContext},
 		{"Ping", testPing},
+		{"Import", testImport},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -192,7 +193,7 @@ func mustGet(t *testing.T, s tokencache.Store, customerID string) *tokencache.Re
 
 func mustPut(t *testing.T, s tokencache.Store, rec *tokencache.Record) int64 {
 	t.Helper()
-	gen, err := s.Put(testContext(t), rec)
+	gen, err := tokencache.Put(testContext(t), s, rec)
 	if err != nil {
 		t.Fatalf("Put(%q): %v", rec.CustomerID, err)
 	}
@@ -201,7 +202,7 @@ func mustPut(t *testing.T, s tokencache.Store, rec *tokencache.Record) int64 {
 
 func mustDelete(t *testing.T, s tokencache.Store, customerID string) {
 	t.Helper()
-	if err := s.Delete(testContext(t), customerID); err != nil {
+	if err := tokencache.Delete(testContext(t), s, customerID); err != nil {
 		t.Fatalf("Delete(%q): %v", customerID, err)
 	}
 }
@@ -250,7 +251,7 @@ func testPutReplacesWholeRecord(t *testing.T, s tokencache.Store) {
 	// A CAS writes the whole record as given too.
 	full := FullRecord("cust-replace")
 	gen := mustPut(t, s, full)
-	if _, err := s.CompareAndSwap(testContext(t), want, gen); err != nil {
+	if _, err := tokencache.CompareAndSwap(testContext(t), s, want, gen); err != nil {
 		t.Fatalf("CompareAndSwap: %v", err)
 	}
 	CheckRecord(t, mustGet(t, s, want.CustomerID), want)
@@ -262,7 +263,7 @@ func testReauthorizationRequired(t *testing.T, s tokencache.Store) {
 	rec.State = tokencache.StateReauthorizationRequired
 	rec.LastError = "USED_REFRESH_TOKEN"
 	rec.NextRefresh = time.Time{}
-	if _, err := s.CompareAndSwap(testContext(t), rec, gen); err != nil {
+	if _, err := tokencache.CompareAndSwap(testContext(t), s, rec, gen); err != nil {
 		t.Fatalf("CompareAndSwap: %v", err)
 	}
 	CheckRecord(t, mustGet(t, s, rec.CustomerID), rec)
@@ -284,9 +285,9 @@ func testGenerationGrows(t *testing.T, s tokencache.Store) {
 		var gen int64
 		var err error
 		if i%2 == 0 {
-			gen, err = s.CompareAndSwap(testContext(t), rec, last)
+			gen, err = tokencache.CompareAndSwap(testContext(t), s, rec, last)
 		} else {
-			gen, err = s.Put(testContext(t), rec)
+			gen, err = tokencache.Put(testContext(t), s, rec)
 		}
 		if err != nil {
 			t.Fatalf("write %d: %v", i, err)
@@ -325,7 +326,7 @@ func testWriteIgnoresInputGeneration(t *testing.T, s tokencache.Store) {
 func testCompareAndSwap(t *testing.T, s tokencache.Store) {
 	gen := mustPut(t, s, FullRecord("cust-cas"))
 	want := FullRecord("cust-cas")
-	gen2, err := s.CompareAndSwap(testContext(t), want, gen)
+	gen2, err := tokencache.CompareAndSwap(testContext(t), s, want, gen)
 	if err != nil {
 		t.Fatalf("CompareAndSwap: %v", err)
 	}
@@ -342,12 +343,12 @@ func testCompareAndSwap(t *testing.T, s tokencache.Store) {
 func testCompareAndSwapStale(t *testing.T, s tokencache.Store) {
 	gen1 := mustPut(t, s, FullRecord("cust-stale"))
 	current := FullRecord("cust-stale")
-	gen2, err := s.CompareAndSwap(testContext(t), current, gen1)
+	gen2, err := tokencache.CompareAndSwap(testContext(t), s, current, gen1)
 	if err != nil {
 		t.Fatalf("CompareAndSwap: %v", err)
 	}
 	for _, expect := range []int64{gen1, gen2 + 1, 0, -1} {
-		_, err := s.CompareAndSwap(testContext(t), FullRecord("cust-stale"), expect)
+		_, err := tokencache.CompareAndSwap(testContext(t), s, FullRecord("cust-stale"), expect)
 		if !errors.Is(err, tokencache.ErrConflict) {
 			t.Errorf("CompareAndSwap(expect %d) with generation %d: %v, want ErrConflict", expect, gen2, err)
 		}
@@ -361,7 +362,7 @@ func testCompareAndSwapStale(t *testing.T, s tokencache.Store) {
 
 func testCompareAndSwapUnknown(t *testing.T, s tokencache.Store) {
 	for _, expect := range []int64{0, 1} {
-		_, err := s.CompareAndSwap(testContext(t), FullRecord("cust-none"), expect)
+		_, err := tokencache.CompareAndSwap(testContext(t), s, FullRecord("cust-none"), expect)
 		if !errors.Is(err, tokencache.ErrNotFound) {
 			t.Errorf("CompareAndSwap(expect %d) on unknown customer: %v, want ErrNotFound", expect, err)
 		}
@@ -375,7 +376,7 @@ func testCompareAndSwapAfterDelete(t *testing.T, s tokencache.Store) {
 	mustDelete(t, s, rec.CustomerID)
 	// A refresh that read the record before the delete must not write it back.
 	for _, expect := range []int64{gen, gen + 1} {
-		_, err := s.CompareAndSwap(testContext(t), rec, expect)
+		_, err := tokencache.CompareAndSwap(testContext(t), s, rec, expect)
 		if !errors.Is(err, tokencache.ErrNotFound) {
 			t.Errorf("CompareAndSwap(expect %d) after Delete: %v, want ErrNotFound", expect, err)
 		}
@@ -386,7 +387,7 @@ func testCompareAndSwapAfterDelete(t *testing.T, s tokencache.Store) {
 func testPutAfterDelete(t *testing.T, s tokencache.Store) {
 	rec := FullRecord("cust-again")
 	gen := mustPut(t, s, rec)
-	gen, err := s.CompareAndSwap(testContext(t), rec, gen)
+	gen, err := tokencache.CompareAndSwap(testContext(t), s, rec, gen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +400,7 @@ func testPutAfterDelete(t *testing.T, s tokencache.Store) {
 	got := mustGet(t, s, want.CustomerID)
 	CheckRecord(t, got, want)
 	// The old generation is dead for good.
-	if _, err := s.CompareAndSwap(testContext(t), rec, gen); !errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.CompareAndSwap(testContext(t), s, rec, gen); !errors.Is(err, tokencache.ErrConflict) {
 		t.Fatalf("CompareAndSwap with the generation from before Delete: %v, want ErrConflict", err)
 	}
 	// Delete and Put again: higher still.
@@ -447,7 +448,7 @@ func testConcurrentCompareAndSwap(t *testing.T, s tokencache.Store) {
 	for i := range concurrency {
 		wg.Go(func() {
 			<-start
-			g, err := s.CompareAndSwap(testContext(t), recs[i], gen)
+			g, err := tokencache.CompareAndSwap(testContext(t), s, recs[i], gen)
 			results <- result{i, g, err}
 		})
 	}
@@ -493,7 +494,7 @@ func testConcurrentPut(t *testing.T, s tokencache.Store) {
 	for i := range concurrency {
 		wg.Go(func() {
 			<-start
-			g, err := s.Put(testContext(t), recs[i])
+			g, err := tokencache.Put(testContext(t), s, recs[i])
 			if err != nil {
 				t.Errorf("Put %d: %v", i, err)
 			}
@@ -562,7 +563,7 @@ func testInvalidRecord(t *testing.T, s tokencache.Store) {
 		{"no customer id", &tokencache.Record{AccessToken: "a", RefreshToken: "r"}},
 		{"replay not JSON", badReplay},
 	} {
-		if _, err := s.Put(testContext(t), tc.rec); err == nil {
+		if _, err := tokencache.Put(testContext(t), s, tc.rec); err == nil {
 			t.Errorf("Put(%s) succeeded", tc.name)
 		}
 	}
@@ -570,7 +571,7 @@ func testInvalidRecord(t *testing.T, s tokencache.Store) {
 
 	good := FullRecord("cust-bad")
 	gen := mustPut(t, s, good)
-	if _, err := s.CompareAndSwap(testContext(t), badReplay, gen); err == nil || errors.Is(err, tokencache.ErrConflict) {
+	if _, err := tokencache.CompareAndSwap(testContext(t), s, badReplay, gen); err == nil || errors.Is(err, tokencache.ErrConflict) {
 		t.Errorf("CompareAndSwap with invalid replay: %v, want a validation error", err)
 	}
 	CheckRecord(t, mustGet(t, s, good.CustomerID), good)
@@ -583,9 +584,9 @@ func testCanceledContext(t *testing.T, s tokencache.Store) {
 	cancel()
 	calls := map[string]func() error{
 		"Get":    func() error { _, err := s.Get(ctx, rec.CustomerID); return err },
-		"Put":    func() error { _, err := s.Put(ctx, FullRecord(rec.CustomerID)); return err },
-		"CAS":    func() error { _, err := s.CompareAndSwap(ctx, FullRecord(rec.CustomerID), gen); return err },
-		"Delete": func() error { return s.Delete(ctx, rec.CustomerID) },
+		"Put":    func() error { _, err := tokencache.Put(ctx, s, FullRecord(rec.CustomerID)); return err },
+		"CAS":    func() error { _, err := tokencache.CompareAndSwap(ctx, s, FullRecord(rec.CustomerID), gen); return err },
+		"Delete": func() error { return tokencache.Delete(ctx, s, rec.CustomerID) },
 		"Ping":   func() error { return s.Ping(ctx) },
 	}
 	for name, call := range calls {
@@ -603,5 +604,36 @@ func testCanceledContext(t *testing.T, s tokencache.Store) {
 func testPing(t *testing.T, s tokencache.Store) {
 	if err := s.Ping(testContext(t)); err != nil {
 		t.Fatalf("Ping: %v", err)
+	}
+}
+
+// testImport: Import writes a customer's pair unless the stored one expires
+// no earlier, as Put for a new customer and as CompareAndSwap otherwise.
+func testImport(t *testing.T, s tokencache.Store) {
+	ctx := testContext(t)
+	older := FullRecord("a")
+	newer := FullRecord("a")
+	newer.AccessTokenExpiry = older.AccessTokenExpiry.Add(time.Hour)
+	if wrote, err := tokencache.Import(ctx, s, older); err != nil || !wrote {
+		t.Fatalf("Import of a new customer: %v, %v", wrote, err)
+	}
+	gen := mustGet(t, s, "a").Generation
+	for _, rec := range []*tokencache.Record{older, FullRecord("a")} {
+		rec.AccessTokenExpiry = older.AccessTokenExpiry
+		if wrote, err := tokencache.Import(ctx, s, rec); err != nil || wrote {
+			t.Fatalf("Import of a pair expiring no later: %v, %v", wrote, err)
+		}
+	}
+	if wrote, err := tokencache.Import(ctx, s, newer); err != nil || !wrote {
+		t.Fatalf("Import of a newer pair: %v, %v", wrote, err)
+	}
+	got := mustGet(t, s, "a")
+	CheckRecord(t, got, newer)
+	if got.Generation != gen+1 {
+		t.Fatalf("generation %d after Import over %d", got.Generation, gen)
+	}
+	mustDelete(t, s, "a")
+	if wrote, err := tokencache.Import(ctx, s, older); err != nil || !wrote || mustGet(t, s, "a").Generation <= gen+1 {
+		t.Fatalf("Import after Delete: %v, %v: want written above the tombstone", wrote, err)
 	}
 }

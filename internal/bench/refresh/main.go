@@ -59,6 +59,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenproxy/tokenproxy/wallet"
+
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 )
 
 const (
@@ -207,7 +209,7 @@ type bench struct {
 	start time.Time
 	http  *http.Client
 	dir   string
-	procs []*proc // in start order
+	procs []*child // in start order
 
 	redisAddr string
 	simURL    string
@@ -220,7 +222,7 @@ type bench struct {
 
 type replica struct {
 	name   string
-	p      *proc
+	p      *child
 	listen string
 	ops    string
 }
@@ -501,8 +503,8 @@ func (b *bench) watch(ctx context.Context, res *result) error {
 		case <-tick.C:
 		}
 		for _, p := range b.procs {
-			if p.exited() {
-				return fmt.Errorf("%s (pid %d) exited during the run", p.name, p.pid)
+			if p.Exited() {
+				return fmt.Errorf("%s (pid %d) exited during the run", p.Name(), p.PID())
 			}
 		}
 		var st simStats
@@ -544,11 +546,11 @@ func (b *bench) watch(ctx context.Context, res *result) error {
 }
 
 // collect reads CPU times, memory and metrics while every process still runs.
-func (b *bench) collect(ctx context.Context, res *result, rdb *redis.Client, sim, rp *proc) {
+func (b *bench) collect(ctx context.Context, res *result, rdb *redis.Client, sim, rp *child) {
 	for _, r := range b.replicas {
 		rr := replicaResult{name: r.name}
-		rr.procCPU, rr.procErr = procCPU(r.p.pid)
-		rr.rssKiB = procHWM(r.p.pid)
+		rr.procCPU, rr.procErr = procCPU(r.p.PID())
+		rr.rssKiB = procHWM(r.p.PID())
 		body, err := b.getRaw(ctx, "http://"+r.ops+"/metrics")
 		if err != nil {
 			rr.metricsErr = err
@@ -559,8 +561,8 @@ func (b *bench) collect(ctx context.Context, res *result, rdb *redis.Client, sim
 		}
 		res.replicas = append(res.replicas, rr)
 	}
-	res.simCPU, _ = procCPU(sim.pid)
-	res.redisCPU, _ = procCPU(rp.pid)
+	res.simCPU, _ = procCPU(sim.PID())
+	res.redisCPU, _ = procCPU(rp.PID())
 	if info, err := rdb.Info(ctx, "memory").Result(); err == nil {
 		res.redisMemory = infoField(info, "used_memory_human")
 		res.redisPeak = infoField(info, "used_memory_peak_human")
@@ -758,64 +760,33 @@ func orUnknown(s string) string {
 
 // ---- processes ----
 
-type proc struct {
-	name string
-	pid  int
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
+// child is a started program and its log file in the temporary directory.
+type child struct {
+	*proc.Process
+	log string
 }
 
-// startProc starts bin with args and env (nil: the inherited PATH only),
-// its output in a log file of the temporary directory.
-func (b *bench) startProc(name, bin string, args, env []string) (*proc, error) {
-	p := &proc{name: name, log: filepath.Join(b.dir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.log)
+// startProc starts bin with args and env (beyond the inherited PATH and
+// HOME), its output in a log file of the temporary directory.
+func (b *bench) startProc(name, bin string, args, env []string) (*child, error) {
+	c := &child{log: filepath.Join(b.dir, name+".log")}
+	f, err := os.Create(c.log)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close() // the child has its own descriptor
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Dir = b.dir
-	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	if c.Process, err = proc.Start(name, bin, args, proc.Options{Dir: b.dir, Env: env, Output: f, StopGrace: stopGrace}); err != nil {
+		return nil, err
 	}
-	p.pid = p.cmd.Process.Pid
-	b.procs = append(b.procs, p)
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	return p, nil
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop ends the process by its PID: SIGTERM, then SIGKILL after 10 s.
-func (p *proc) stop() {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(stopGrace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	b.procs = append(b.procs, c)
+	return c, nil
 }
 
 // stopAll stops every process, the last started first (the replicas
 // before walletsim and Redis).
 func (b *bench) stopAll() {
 	for i := len(b.procs) - 1; i >= 0; i-- {
-		b.procs[i].stop()
+		b.procs[i].Stop()
 	}
 }
 
@@ -836,17 +807,17 @@ func (b *bench) showLogs() {
 	for _, p := range b.procs {
 		out, _ := os.ReadFile(p.log)
 		if s := strings.TrimSpace(tail(string(out), 2048)); s != "" {
-			fmt.Fprintf(os.Stderr, "\n-- %s (pid %d) log, last lines:\n%s\n", p.name, p.pid, s)
+			fmt.Fprintf(os.Stderr, "\n-- %s (pid %d) log, last lines:\n%s\n", p.Name(), p.PID(), s)
 		}
 	}
 }
 
 // waitUntil polls ok until it holds, p exits, ctx ends or within passes.
-func waitUntil(ctx context.Context, within time.Duration, p *proc, ok func() bool) error {
+func waitUntil(ctx context.Context, within time.Duration, p *child, ok func() bool) error {
 	deadline := time.Now().Add(within)
 	for !ok() {
-		if p.exited() {
-			return fmt.Errorf("%s exited", p.name)
+		if p.Exited() {
+			return fmt.Errorf("%s exited", p.Name())
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not ready within %s", within)
