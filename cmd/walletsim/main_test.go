@@ -187,7 +187,7 @@ func TestRunTLS(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr proc.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, nil, env, &stdout, &stderr) }()
 
