@@ -179,7 +179,7 @@ func run(c config) int {
 type bench struct {
 	cfg   config
 	dir   string
-	procs []*proc
+	procs []*child
 	ops   *http.Client // for /readyz, /metrics, /sim/*: trusts walletsim's certificate
 
 	keyFile, pubFile string
@@ -197,7 +197,7 @@ type bench struct {
 // variant is one proxy of a group under measurement.
 type variant struct {
 	name    string // "A tokenproxy", "A tokenproxy unix", "B diy", "C bare"
-	p       *proc
+	p       *child
 	target  target
 	mallocs func(context.Context) (float64, error)
 	rsa     bool // signs and verifies (A, B)
@@ -483,7 +483,6 @@ func (b *bench) runGroup(ctx context.Context, store, scheme string) (*groupResul
 	}
 	defer func() {
 		for _, v := range g.variants {
-			_ = v.p.cmd.Process.Signal(syscall.SIGCONT)
 			v.p.stop()
 		}
 	}()
@@ -501,7 +500,7 @@ func (b *bench) runGroup(ctx context.Context, store, scheme string) (*groupResul
 		if res := runLoad(ctx, v.target, c.concurrency, max(c.warmup, time.Second)); res.ok == 0 {
 			return nil, fmt.Errorf("%s: no successful call in the warm-up (%d failed: %s)", v.name, res.failed, res.firstErr)
 		}
-		_ = v.p.cmd.Process.Signal(syscall.SIGSTOP)
+		_ = v.p.Signal(syscall.SIGSTOP)
 	}
 
 	for round := range c.rounds {
@@ -624,10 +623,10 @@ func (b *bench) phase(ctx context.Context, g *groupResult, v *variant, rsa float
 		}
 		v.target.header, v.target.body = h, body
 	}
-	if err := v.p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := v.p.Signal(syscall.SIGCONT); err != nil {
 		return sample{}, err
 	}
-	defer func() { _ = v.p.cmd.Process.Signal(syscall.SIGSTOP) }()
+	defer func() { _ = v.p.Signal(syscall.SIGSTOP) }()
 	if c.warmup > 0 {
 		runLoad(ctx, v.target, c.concurrency, c.warmup)
 	}
@@ -786,7 +785,6 @@ func (b *bench) counter(url string) func(context.Context) (float64, error) {
 
 func (b *bench) stopAll() {
 	for i := len(b.procs) - 1; i >= 0; i-- {
-		_ = b.procs[i].cmd.Process.Signal(syscall.SIGCONT)
 		b.procs[i].stop()
 	}
 }

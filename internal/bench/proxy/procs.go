@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 )
 
 // clkTck is USER_HZ: /proc/<pid>/stat counts CPU time in 1/100 s.
@@ -20,66 +21,46 @@ const clkTck = 100
 
 const stopGrace = 10 * time.Second
 
-// proc is a process the benchmark started; it is only ever stopped by its
-// PID.
-type proc struct {
+// child is a process the benchmark started (internal/proc), its output in
+// a log file of the run's directory; it is only ever signalled by its PID.
+type child struct {
+	*proc.Process
 	name    string
 	pid     int
-	cmd     *exec.Cmd
 	log     string
-	done    chan struct{}
 	started time.Time
 }
 
-// startProc starts bin with args and env (plus PATH), its output in a log
-// file of the run's directory.
-func (b *bench) startProc(name, bin string, args, env []string) (*proc, error) {
-	p := &proc{name: name, log: filepath.Join(b.dir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.log)
+// startProc starts bin with args and env (plus PATH and HOME) in the run's
+// directory.
+func (b *bench) startProc(name, bin string, args, env []string) (*child, error) {
+	c := &child{name: name, log: filepath.Join(b.dir, name+".log")}
+	f, err := os.Create(c.log)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close() // the child has its own descriptor
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Dir = b.dir
-	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.started = time.Now()
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	c.started = time.Now()
+	if c.Process, err = proc.Start(name, bin, args, proc.Options{Env: env, Dir: b.dir, Output: f, StopGrace: stopGrace}); err != nil {
+		return nil, err
 	}
-	p.pid = p.cmd.Process.Pid
-	b.procs = append(b.procs, p)
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	return p, nil
+	c.pid = c.PID()
+	b.procs = append(b.procs, c)
+	return c, nil
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+func (c *child) exited() bool { return c.Exited() }
 
-// stop ends the process by its PID: SIGTERM, then SIGKILL after stopGrace.
-func (p *proc) stop() {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(stopGrace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+// stop ends the process by its PID: SIGCONT (it may be paused), SIGTERM,
+// then SIGKILL after stopGrace.
+func (c *child) stop() {
+	_ = c.Signal(syscall.SIGCONT)
+	c.Stop()
 }
 
 // waitUntil polls ok every 2 ms until it holds, p exits, ctx ends or
 // within passes; it returns how long it took from p's start.
-func waitUntil(ctx context.Context, within time.Duration, p *proc, ok func() bool) (time.Duration, error) {
+func waitUntil(ctx context.Context, within time.Duration, p *child, ok func() bool) (time.Duration, error) {
 	deadline := time.Now().Add(within)
 	for !ok() {
 		if p.exited() {
