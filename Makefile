@@ -10,11 +10,13 @@ TEST_FLAGS  ?= -race -count=1 -timeout 40m
 # BENCH_FLAGS: flags of internal/bench/refresh, e.g. a quick try:
 #   make bench BENCH_FLAGS='-customers 2000 -window 1m -lead 20s -jitter 5s'
 BENCH_FLAGS ?=
+# BENCH_PROXY_FLAGS: flags of internal/bench/proxy, e.g. -duration 5s -rounds 5
+BENCH_PROXY_FLAGS ?=
 SOAK_FLAGS  ?=
 # FUZZTIME: how long `make fuzz` runs each fuzz target.
 FUZZTIME    ?= 5s
 
-.PHONY: all build demo run test lint bench bench-go soak check-go check-redis clean \
+.PHONY: all build demo run test lint bench bench-go bench-proxy soak check-go check-redis clean \
         test-monitoring check-promtool test-deploy helm kustomize sync-alerts fuzz
 
 all: build
@@ -70,6 +72,8 @@ fuzz: check-go
 	$(GO) test -run '^$$' -fuzz '^FuzzScrub$$' -fuzztime $(FUZZTIME) ./proxy
 	$(GO) test -run '^$$' -fuzz '^FuzzSignatureHeader$$' -fuzztime $(FUZZTIME) ./wallet
 	$(GO) test -run '^$$' -fuzz '^FuzzParseKey$$' -fuzztime $(FUZZTIME) ./wallet
+	$(GO) test -run '^$$' -fuzz '^FuzzParseObjectMatchesReference$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzReadResult$$' -fuzztime $(FUZZTIME) ./wallet
 
 lint: check-go
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -112,9 +116,19 @@ bench: build check-redis
 soak: build check-redis
 	$(GO) run ./internal/soak -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim $(SOAK_FLAGS)
 
-# bench-go: the Go micro-benchmarks.
+# bench-go: the Go micro-benchmarks (the hot path's pieces: proxy's body
+# rewrite and handler, wallet's sign, verify and call; docs/benchmarks.md).
 bench-go: check-go check-redis
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# bench-proxy: tokenproxy side by side with a do-it-yourself signing proxy
+# and a bare two-hop proxy, memory and Redis stores, wallet over HTTP and
+# HTTPS, TCP and Unix socket (docs/benchmarks.md); about 2.5 minutes.
+bench-proxy: build check-redis
+	$(GO) build -o $(BIN)/bench-diy ./internal/bench/proxy/diy
+	$(GO) build -o $(BIN)/bench-bare ./internal/bench/proxy/bare
+	$(GO) run ./internal/bench/proxy -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim \
+	  -diy $(BIN)/bench-diy -bare $(BIN)/bench-bare $(BENCH_PROXY_FLAGS)
 
 clean:
 	rm -rf $(BIN)

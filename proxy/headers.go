@@ -15,16 +15,23 @@ const (
 // traceparent only when it is a valid W3C traceparent, tracestate and
 // X-Request-Id only within their length and character limits. Anything
 // else is dropped, never an error: tracing must not fail a call.
+// The answer is nil when none passes (most calls carry none).
 func passThrough(h http.Header) http.Header {
-	out := make(http.Header, 3)
+	var out http.Header
+	set := func(k, v string) {
+		if out == nil {
+			out = make(http.Header, 3)
+		}
+		out[k] = []string{v}
+	}
 	if v, ok := single(h, "Traceparent"); ok && validTraceparent(v) {
-		out["Traceparent"] = []string{v}
+		set("Traceparent", v)
 	}
 	if v, ok := single(h, "Tracestate"); ok && len(v) <= maxTraceState && visible(v, true) {
-		out["Tracestate"] = []string{v}
+		set("Tracestate", v)
 	}
 	if v, ok := single(h, "X-Request-Id"); ok && len(v) <= maxRequestID && visible(v, false) {
-		out["X-Request-Id"] = []string{v}
+		set("X-Request-Id", v)
 	}
 	return out
 }

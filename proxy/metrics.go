@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -18,7 +19,18 @@ type Metrics struct {
 	requests   *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
 	redactions prometheus.Counter
+	// routes holds each route's series resolved once, so that a call
+	// looks no label values up (codes other than the usual ones are).
+	routes map[string]*routeMetrics
 }
+
+type routeMetrics struct {
+	duration prometheus.Observer
+	codes    map[int]prometheus.Counter
+}
+
+// usualCodes are the statuses whose series exist from the start.
+var usualCodes = []int{200, 204, 400, 401, 404, 405, 413, 500, 502, 503, 504}
 
 // NewMetrics registers the request families on reg, every route and the
 // usual status codes initialised at 0.
@@ -39,11 +51,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.redactions)
+	m.routes = make(map[string]*routeMetrics)
 	for _, r := range []string{routeExchange, routeAPI, routeAdmin} {
-		m.duration.WithLabelValues(r)
-		for _, c := range []int{200, 204, 400, 401, 404, 405, 413, 500, 502, 503, 504} {
-			m.requests.WithLabelValues(r, strconv.Itoa(c))
+		rm := &routeMetrics{duration: m.duration.WithLabelValues(r), codes: make(map[int]prometheus.Counter)}
+		for _, c := range usualCodes {
+			rm.codes[c] = m.requests.WithLabelValues(r, strconv.Itoa(c))
 		}
+		m.routes[r] = rm
 	}
 	return m
+}
+
+// observe counts one answered request.
+func (m *Metrics) observe(route string, status int, d time.Duration) {
+	rm := m.routes[route]
+	if c, ok := rm.codes[status]; ok {
+		c.Inc()
+	} else {
+		m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+	}
+	rm.duration.Observe(d.Seconds())
 }

@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -107,9 +106,11 @@ const adminPrefix = "/tokenproxy/"
 type call struct {
 	r      *http.Request
 	target target
-	// pass holds the tracing headers that pass on to the wallet.
+	// pass holds the tracing headers that pass on to the wallet (nil: none).
 	pass   http.Header
-	budget *callBudget
+	budget callBudget
+	// out is the answer's writer, kept here so that a call is one allocation.
+	out statusWriter
 }
 
 // ServeHTTP admits a request within the limits, reads its target once, and
@@ -122,8 +123,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer sw.flush(h.cfg.Signer, r)
 		w = sw
 	}
-	rw := &statusWriter{ResponseWriter: w}
-	c := &call{r: r, pass: passThrough(r.Header), budget: &callBudget{l: h.cfg.Limiter}}
+	c := &call{r: r, pass: passThrough(r.Header), budget: callBudget{l: h.cfg.Limiter}, out: statusWriter{ResponseWriter: w}}
+	rw := &c.out
 	route, err := h.admit(rw, c)
 	if err != nil {
 		pe := classify(err)
@@ -139,8 +140,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// than a reset connection mid-body.
 		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, h.cfg.MaxBodyBytes+1))
 	}
-	h.cfg.Metrics.requests.WithLabelValues(route, strconv.Itoa(rw.status())).Inc()
-	h.cfg.Metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	h.cfg.Metrics.observe(route, rw.status(), time.Since(start))
 }
 
 // admit serves the call within a call slot and its memory budget, both
@@ -245,7 +245,7 @@ func (h *Handler) serveAPI(w http.ResponseWriter, c *call) error {
 // call signs and sends body to the wallet for the call's path and query,
 // reading the answer within the call's budget.
 func (h *Handler) call(c *call, body []byte) (*wallet.Response, error) {
-	ctx := wallet.WithBudget(c.r.Context(), c.budget)
+	ctx := wallet.WithBudget(c.r.Context(), &c.budget)
 	return h.cfg.Wallet.Call(ctx, c.target.path, c.target.query, body, c.pass)
 }
 
@@ -287,11 +287,10 @@ func (h *Handler) customer(r *http.Request) (string, bool, error) {
 func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
 	body, err := bodyread.Read(http.MaxBytesReader(w, c.r.Body, h.cfg.MaxBodyBytes),
 		c.r.ContentLength, h.cfg.MaxBodyBytes, func(n int64) bool { return c.budget.take(n * requestCopies) })
-	var mbe *http.MaxBytesError
 	switch {
 	case err == nil:
 		return parseObject(body)
-	case errors.Is(err, bodyread.ErrTooLarge), errors.As(err, &mbe):
+	case errors.Is(err, bodyread.ErrTooLarge), isMaxBytes(err):
 		return nil, failF(http.StatusRequestEntityTooLarge, wallet.CodeParamIllegal,
 			fmt.Sprintf("body over %d bytes", h.cfg.MaxBodyBytes))
 	case errors.Is(err, bodyread.ErrOverBudget):
@@ -299,6 +298,11 @@ func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
 	default:
 		return nil, badRequest("could not read the body")
 	}
+}
+
+func isMaxBytes(err error) bool {
+	var mbe *http.MaxBytesError
+	return errors.As(err, &mbe)
 }
 
 // writeWalletResponse returns the wallet's answer: status, body,
@@ -313,9 +317,9 @@ func (h *Handler) readObject(w http.ResponseWriter, c *call) (object, error) {
 // carries a token field with a value, a handle-shaped one included.
 func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wallet.Response, forms secretForms, handles ...wallet.Secret) {
 	hdr := w.Header()
-	for _, k := range []string{"Content-Type", wallet.HeaderClientID, wallet.HeaderResponseTime, wallet.HeaderSignature} {
-		if v := resp.Header.Get(k); v != "" {
-			hdr.Set(k, v)
+	for _, k := range answerHeaders {
+		if vs := resp.Header[k]; len(vs) > 0 && vs[0] != "" {
+			hdr[k] = vs[:1:1] // the first value, as Get reads it; not copied
 		}
 	}
 	body, hit := scrub(resp.Body, hdr, forms)
@@ -336,6 +340,10 @@ func (h *Handler) writeWalletResponse(w http.ResponseWriter, c *call, resp *wall
 	w.WriteHeader(resp.StatusCode)
 	_, _ = w.Write(body)
 }
+
+// answerHeaders are the wallet's headers an answer to the app carries, in
+// their canonical form.
+var answerHeaders = []string{"Content-Type", wallet.HeaderClientID, wallet.HeaderResponseTime, wallet.HeaderSignature}
 
 func writeEnvelope(w http.ResponseWriter, pe *proxyError) {
 	w.Header().Set("Content-Type", "application/json")

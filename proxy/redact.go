@@ -28,33 +28,56 @@ const handlePrefix = "tph_"
 type secretForms [][]byte
 
 func formsOf(tokens ...wallet.Secret) secretForms {
-	var out secretForms
-	add := func(s string) {
-		if s == "" {
+	// Every form of every token goes into one buffer (each form a
+	// sub-slice of it), so a call pays two allocations, not one per form.
+	n := 0
+	for _, t := range tokens {
+		n += 12*len(t.Reveal()) + 16 // the forms' usual total; escapes may grow it
+	}
+	buf := make([]byte, 0, n)
+	out := make(secretForms, 0, 9*len(tokens))
+	// add keeps buf[start:] as a form unless it is empty or already known
+	// (its bytes stay in buf: an encoder may still be reading them).
+	add := func(start int) {
+		f := buf[start:len(buf):len(buf)]
+		if len(f) == 0 {
 			return
 		}
-		for _, f := range out {
-			if string(f) == s {
+		for _, g := range out {
+			if bytes.Equal(f, g) {
 				return
 			}
 		}
-		out = append(out, []byte(s))
+		out = append(out, f)
 	}
 	for _, t := range tokens {
 		raw := t.Reveal()
 		if raw == "" {
 			continue
 		}
-		add(raw)
-		esc, _ := json.Marshal(raw) // a string always marshals
-		add(string(esc[1 : len(esc)-1]))
-		add(url.QueryEscape(raw))
-		add(url.PathEscape(raw))
-		add(base64.StdEncoding.EncodeToString([]byte(raw)))
-		add(base64.RawStdEncoding.EncodeToString([]byte(raw)))
-		add(base64.URLEncoding.EncodeToString([]byte(raw)))
-		add(base64.RawURLEncoding.EncodeToString([]byte(raw)))
-		add(hex.EncodeToString([]byte(raw)))
+		start := len(buf)
+		buf = append(buf, raw...)
+		src := buf[start:len(buf):len(buf)] // the bytes of raw, for the encoders
+		add(start)
+		start = len(buf)
+		buf = appendJSONString(buf, raw) // "...": keep what is between the quotes
+		copy(buf[start:], buf[start+1:len(buf)-1])
+		buf = buf[:len(buf)-2]
+		add(start)
+		start = len(buf)
+		buf = append(buf, url.QueryEscape(raw)...)
+		add(start)
+		start = len(buf)
+		buf = append(buf, url.PathEscape(raw)...)
+		add(start)
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+			start = len(buf)
+			buf = enc.AppendEncode(buf, src)
+			add(start)
+		}
+		start = len(buf)
+		buf = hex.AppendEncode(buf, src)
+		add(start)
 	}
 	return out
 }
@@ -63,6 +86,23 @@ func (fs secretForms) in(b []byte) bool {
 	for _, f := range fs {
 		if bytes.Contains(b, f) {
 			return true
+		}
+	}
+	return false
+}
+
+// inString is in for a string, without converting it (the comparison
+// below does not allocate).
+func (fs secretForms) inString(s string) bool {
+	for _, f := range fs {
+		for i := 0; i+len(f) <= len(s); i++ {
+			j := strings.IndexByte(s[i:len(s)-len(f)+1], f[0])
+			if j < 0 {
+				break
+			}
+			if i += j; s[i:i+len(f)] == string(f) {
+				return true
+			}
 		}
 	}
 	return false
@@ -90,7 +130,7 @@ func scrub(body []byte, hdr http.Header, forms secretForms) ([]byte, bool) {
 	hit := false
 	for k, vs := range hdr {
 		for _, v := range vs {
-			if forms.in([]byte(v)) {
+			if forms.inString(v) {
 				delete(hdr, k)
 				hit = true
 				break

@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -120,5 +123,75 @@ func TestLimiter(t *testing.T) {
 	b.release()
 	if !l.grow(100) {
 		t.Fatal("release did not give everything back")
+	}
+}
+
+// formsOfReference is formsOf as it was first written, one allocation per
+// form: the one-buffer version must give the same forms in the same order.
+func formsOfReference(tokens ...wallet.Secret) secretForms {
+	var out secretForms
+	add := func(s string) {
+		if s == "" {
+			return
+		}
+		for _, f := range out {
+			if string(f) == s {
+				return
+			}
+		}
+		out = append(out, []byte(s))
+	}
+	for _, t := range tokens {
+		raw := t.Reveal()
+		if raw == "" {
+			continue
+		}
+		add(raw)
+		esc, _ := json.Marshal(raw)
+		add(string(esc[1 : len(esc)-1]))
+		add(url.QueryEscape(raw))
+		add(url.PathEscape(raw))
+		add(base64.StdEncoding.EncodeToString([]byte(raw)))
+		add(base64.RawStdEncoding.EncodeToString([]byte(raw)))
+		add(base64.URLEncoding.EncodeToString([]byte(raw)))
+		add(base64.RawURLEncoding.EncodeToString([]byte(raw)))
+		add(hex.EncodeToString([]byte(raw)))
+	}
+	return out
+}
+
+func TestFormsOfMatchesReference(t *testing.T) {
+	tests := [][]wallet.Secret{
+		nil,
+		{""},
+		{"tok-1"},
+		{"AT_0123456789abcdef"},
+		{"a+b/c=="},
+		{`q"uo\te<>&`},
+		{"é ü\u2028x\ttab"},
+		{"tok-1", "tok-1"},
+		{"abc", "YWJj"}, // the second is the first's base64
+		{"tok-1", "", "tok-2", wallet.Secret(strings.Repeat("x", 5000))},
+		{"%41", "A"},
+	}
+	for _, toks := range tests {
+		got, want := formsOf(toks...), formsOfReference(toks...)
+		if len(got) != len(want) {
+			t.Fatalf("formsOf(%q): %d forms, want %d", toks, len(got), len(want))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("formsOf(%q)[%d] = %q, want %q", toks, i, got[i], want[i])
+			}
+		}
+	}
+}
+
+func TestFormsInString(t *testing.T) {
+	forms := formsOf("tok-1", "a+b/c")
+	for _, s := range []string{"", "t", "tok-", "tok-1", "xtok-1", "xxtok-tok-1y", "tok-2", "ttttok-", "a+b/c", "a%2Bb%2Fc=", "YSti", "YStiL2M=", "algorithm=RSA256,signature=dG9rLTE"} {
+		if got, want := forms.inString(s), forms.in([]byte(s)); got != want {
+			t.Errorf("inString(%q) = %v, in = %v", s, got, want)
+		}
 	}
 }

@@ -53,11 +53,33 @@ type Client struct {
 // maxResponseHeaderBytes bounds the headers of one wallet answer.
 const maxResponseHeaderBytes = 64 << 10
 
-// NewHTTPClient returns an http.Client for the wallet: no redirects,
-// bounded idle connections, no cookie jar.
+// Keep-alive pool of NewHTTPClient. Go's default keeps 2 idle connections
+// per host: under steady load every call beyond two in flight would open a
+// connection (a TLS handshake to an HTTPS wallet) and close it again.
+const (
+	// maxIdlePerHost is above the calls a sidecar has in flight at once
+	// (TOKENPROXY_MAX_INFLIGHT is derived from the memory limit, 256 at
+	// the default).
+	maxIdlePerHost = 256
+	// idleConnTimeout closes a connection left unused this long: below
+	// the 60 s idle timeout common in front of HTTPS APIs (AWS ALB's
+	// default), so that this side closes an idle connection first and no
+	// call is sent into one the other side is closing.
+	idleConnTimeout = 55 * time.Second
+)
+
+// NewHTTPClient returns an http.Client for the wallet: no redirects, no
+// cookie jar, a keep-alive pool sized so that steady load opens no new
+// connection, and HTTP/2 when the wallet offers it (ALPN), which carries
+// every concurrent call over one connection. The wallet's certificate is
+// checked against the system roots; SSL_CERT_FILE / SSL_CERT_DIR name
+// other ones (a private CA, a test wallet's certificate).
 func NewHTTPClient() *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 64
+	tr.MaxIdleConns = 2 * maxIdlePerHost
+	tr.MaxIdleConnsPerHost = maxIdlePerHost
+	tr.IdleConnTimeout = idleConnTimeout
+	tr.ForceAttemptHTTP2 = true
 	tr.ResponseHeaderTimeout = 0 // the call's context bounds it
 	// Go's default lets each answer hold 10 MB of headers, outside the
 	// memory budget of bodies: every call in flight could hold that much.
@@ -124,8 +146,13 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	// A caller's deadline that comes first already bounds the call: a
+	// timer and a context of its own per call would change nothing.
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 
 	sk, err := c.Keys.SigningKey()
 	if err != nil {
@@ -142,9 +169,9 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		return nil, err
 	}
 
-	target := *c.BaseURL
-	target.Path, target.RawPath, target.RawQuery, target.Fragment = "", "", "", ""
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.String()+uri, bytes.NewReader(body))
+	// The wallet's scheme and host, then the signed URI: nothing from the
+	// caller can name another host (path begins with /).
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.BaseURL.Scheme+"://"+c.BaseURL.Host+uri, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("build wallet request: %w", err)
 	}
@@ -153,11 +180,12 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 			req.Header.Set(h, v)
 		}
 	}
-	req.Header.Set("Content-Type", "application/json; charset=UTF-8")
-	req.Header.Set(HeaderClientID, c.ClientID)
-	req.Header.Set(HeaderRequestTime, reqTime)
-	req.Header.Set(HeaderKeyVersion, sk.Version)
-	req.Header.Set(HeaderSignature, FormatSignatureHeader(sk.Version, sig))
+	// The protocol headers' values share one array (canonical keys, one
+	// value each): one allocation rather than one per header.
+	vals := &[5]string{"application/json; charset=UTF-8", c.ClientID, reqTime, sk.Version, FormatSignatureHeader(sk.Version, sig)}
+	for i, k := range [...]string{"Content-Type", HeaderClientID, HeaderRequestTime, HeaderKeyVersion, HeaderSignature} {
+		req.Header[k] = vals[i : i+1 : i+1]
+	}
 
 	hc := c.HTTP
 	if hc == nil {
@@ -179,25 +207,22 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		}
 		return nil, transportError(ctx, err)
 	}
-	var env struct {
-		Result *Result `json:"result"`
-	}
-	trimmed := bytes.TrimSpace(raw)
-	if len(trimmed) == 0 || trimmed[0] != '{' || json.Unmarshal(trimmed, &env) != nil {
+	result, err := readResult(raw)
+	if err != nil {
 		return nil, fmt.Errorf("%w: HTTP %d with a body that is not a JSON object", ErrUnavailable, resp.StatusCode)
 	}
 	out := &Response{
 		StatusCode: resp.StatusCode,
-		Header:     http.Header{},
+		Header:     make(http.Header, len(answerHeaders)),
 		Body:       raw,
+		Result:     keptResult(result, body),
 		Path:       path,
 	}
-	if env.Result != nil {
-		out.Result = keptResult(*env.Result, body)
-	}
-	for _, h := range []string{"Content-Type", HeaderClientID, HeaderResponseTime, HeaderSignature} {
-		if v := resp.Header.Get(h); v != "" {
-			out.Header.Set(h, v)
+	// The transport made resp.Header for this answer alone: its first
+	// values are shared, not copied.
+	for _, h := range answerHeaders {
+		if vs := resp.Header[h]; len(vs) > 0 && vs[0] != "" {
+			out.Header[h] = vs[:1:1]
 		}
 	}
 	if c.WalletKey != nil {
@@ -211,6 +236,10 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 	}
 	return out, nil
 }
+
+// answerHeaders are the headers of an answer a Response keeps, in their
+// canonical form.
+var answerHeaders = []string{"Content-Type", HeaderClientID, HeaderResponseTime, HeaderSignature}
 
 // keptResult is an answer's result as the proxy keeps it for its own use
 // (decisions, metric labels, a stored lastError, log lines), never the

@@ -19,6 +19,16 @@ type Metrics struct {
 	mu    sync.Mutex
 	paths map[string]bool
 	codes map[string]bool
+	// series holds the resolved series of every label set seen (bounded
+	// by the path and code bounds), so that a call looks no label up.
+	series map[seriesKey]resolved
+}
+
+type seriesKey struct{ path, status, code string }
+
+type resolved struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 // NewMetrics registers the upstream families on reg, with the known paths
@@ -34,8 +44,9 @@ func NewMetrics(reg prometheus.Registerer, knownPaths ...string) *Metrics {
 			Help:    "Duration of calls to the wallet, by path.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"path"}),
-		paths: make(map[string]bool),
-		codes: make(map[string]bool),
+		paths:  make(map[string]bool),
+		codes:  make(map[string]bool),
+		series: make(map[seriesKey]resolved),
 	}
 	reg.MustRegister(m.requests, m.duration)
 	for _, p := range append(knownPaths, "other") {
@@ -54,19 +65,33 @@ func (m *Metrics) observe(path string, answered bool, httpStatus int, status, co
 	if m == nil {
 		return
 	}
-	path, code = m.labels(path, answered && httpStatus != 404 && code != CodeInvalidAPI, code)
 	switch status {
 	case StatusSuccess, StatusFailed, StatusUnknown:
 	default:
 		status = "OTHER"
 	}
-	m.requests.WithLabelValues(path, status, code).Inc()
-	m.duration.WithLabelValues(path).Observe(d.Seconds())
+	r := m.resolve(path, answered && httpStatus != 404 && code != CodeInvalidAPI, status, code)
+	r.requests.Inc()
+	r.duration.Observe(d.Seconds())
 }
 
-func (m *Metrics) labels(path string, answered bool, code string) (string, string) {
+// resolve returns the series of a call's labels, resolving them the first
+// time the label set is seen.
+func (m *Metrics) resolve(path string, answered bool, status, code string) resolved {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	path, code = m.labels(path, answered, code)
+	k := seriesKey{path, status, code}
+	r, ok := m.series[k]
+	if !ok {
+		r = resolved{requests: m.requests.WithLabelValues(path, status, code), duration: m.duration.WithLabelValues(path)}
+		m.series[k] = r
+	}
+	return r
+}
+
+// labels bounds the path and code labels; m.mu is held.
+func (m *Metrics) labels(path string, answered bool, code string) (string, string) {
 	if !m.paths[path] {
 		if answered && len(m.paths) < maxPathLabels+1 { // +1: "other"
 			m.paths[path] = true

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +41,8 @@ type settings struct {
 	KeyVersion          string        `env:"WALLETSIM_KEY_VERSION" desc:"the only request keyVersion accepted (others: KEY_NOT_FOUND); empty: any"`
 	PathPrefix          string        `env:"WALLETSIM_PATH_PREFIX" desc:"path prefix of the wallet APIs, e.g. /api"`
 	LogLevel            string        `env:"WALLETSIM_LOG_LEVEL, default=info" desc:"debug (one line per wallet call), info, warn or error"`
+	TLS                 bool          `env:"WALLETSIM_TLS" desc:"serve HTTPS (HTTP/2 offered) with a self-signed certificate for 127.0.0.1, ::1 and localhost made at start; /sim/stats counts the TLS handshakes (tlsHandshakes)"`
+	TLSCertOut          string        `env:"WALLETSIM_TLS_CERT_OUT" desc:"file to write that certificate (PEM) to, for clients to trust (tokenproxy: SSL_CERT_FILE); setting it implies WALLETSIM_TLS"`
 }
 
 // version is set at build time (-ldflags "-X main.version=..."), so that a
@@ -110,12 +113,29 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 		}
 	}
 
+	var tlsConfig *tls.Config
+	if st.TLS || st.TLSCertOut != "" {
+		cert, certPEM, err := walletsim.SelfSignedCertificate()
+		if err != nil {
+			fmt.Fprintf(stderr, "walletsim: WALLETSIM_TLS: %v\n", err)
+			return 1
+		}
+		if st.TLSCertOut != "" {
+			if err := os.WriteFile(st.TLSCertOut, certPEM, 0o644); err != nil {
+				fmt.Fprintf(stderr, "walletsim: WALLETSIM_TLS_CERT_OUT: %v\n", err)
+				return 2
+			}
+		}
+		tlsConfig = srv.TLSConfig(cert)
+	}
+
 	ln, err := net.Listen("tcp", st.ListenAddr)
 	if err != nil {
 		fmt.Fprintf(stderr, "walletsim: WALLETSIM_LISTEN_ADDR: %v\n", err)
 		return 2
 	}
 	hs := &http.Server{
+		TLSConfig:         tlsConfig,
 		Handler:           srv,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -127,8 +147,14 @@ func run(ctx context.Context, args []string, env envconfig.Lookuper, stdout, std
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
-	log.Info("walletsim listening", "addr", ln.Addr().String(), "pathPrefix", srv.PathPrefix(),
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+		go func() { served <- hs.ServeTLS(ln, "", "") }() // the certificate is in TLSConfig
+	} else {
+		go func() { served <- hs.Serve(ln) }()
+	}
+	log.Info("walletsim listening", "addr", ln.Addr().String(), "scheme", scheme, "pathPrefix", srv.PathPrefix(),
 		"accessTTL", cfg.AccessTTL, "refreshTTL", cfg.RefreshTTL, "codeTTL", cfg.CodeTTL)
 
 	select {

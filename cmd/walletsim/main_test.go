@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"net/http"
 	"os"
@@ -157,6 +159,91 @@ func TestRunGeneratesKeyAndServes(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("GET /api/sim/stats: %d", resp.StatusCode)
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d after shutdown: %s", code, stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no shutdown")
+	}
+}
+
+// TestRunTLS: with WALLETSIM_TLS_CERT_OUT the simulator serves HTTPS with
+// the certificate it writes, which a client trusting only that file
+// verifies for 127.0.0.1; it speaks HTTP/2 to a client that offers it, and
+// /sim/stats counts one handshake for calls that share a connection.
+func TestRunTLS(t *testing.T) {
+	keys(t)
+	certFile := filepath.Join(t.TempDir(), "walletsim.crt")
+	env := envconfig.MapLookuper(map[string]string{
+		"WALLETSIM_LISTEN_ADDR":       "127.0.0.1:0",
+		"WALLETSIM_CLIENT_PUBLIC_KEY": clientPub,
+		"WALLETSIM_PRIVATE_KEY":       walletPEM,
+		"WALLETSIM_TLS_CERT_OUT":      certFile,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr proc.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, nil, env, &stdout, &stderr) }()
+
+	addr := regexp.MustCompile(`addr=(127\.0\.0\.1:\d+) scheme=https`)
+	deadline := time.Now().Add(20 * time.Second)
+	var m []string
+	for m = addr.FindStringSubmatch(stderr.String()); m == nil; m = addr.FindStringSubmatch(stderr.String()) {
+		select {
+		case code := <-done:
+			t.Fatalf("exited %d: %s", code, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not listening over https: %s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(certPEM) {
+		t.Fatalf("WALLETSIM_TLS_CERT_OUT holds no certificate: %q", certPEM)
+	}
+	if strings.Contains(string(certPEM), "PRIVATE") {
+		t.Fatal("the certificate file holds a private key")
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: roots},
+		ForceAttemptHTTP2: true,
+	}}
+	defer client.CloseIdleConnections()
+	var stats struct {
+		TLSHandshakes *int64 `json:"tlsHandshakes"`
+	}
+	for i := range 3 {
+		resp, err := client.Get("https://" + m[1] + "/sim/stats")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&stats)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /sim/stats %d: %d, %v", i, resp.StatusCode, err)
+		}
+		if resp.ProtoMajor != 2 {
+			t.Errorf("call %d over %s, want HTTP/2", i, resp.Proto)
+		}
+	}
+	if stats.TLSHandshakes == nil || *stats.TLSHandshakes != 1 {
+		t.Errorf("tlsHandshakes after 3 calls on one connection = %v, want 1", stats.TLSHandshakes)
+	}
+	// A client that does not trust the certificate is refused.
+	if _, err := (&http.Client{Timeout: 10 * time.Second}).Get("https://" + m[1] + "/sim/stats"); err == nil {
+		t.Error("a client without the certificate connected")
 	}
 
 	cancel()

@@ -203,7 +203,7 @@ func TestStatsShape(t *testing.T) {
 	}
 	var zero map[string]any
 	h.sim(http.MethodGet, "/sim/stats", nil, &zero)
-	if b, _ := json.Marshal(zero); string(b) != `{"abandoned":0,"badSignatures":0,"calls":{},"codesReused":0,"exchanges":0,"faultsMatched":0,"maxRefreshLatenessMs":0,"refreshPresentations":0,"refreshTokensReused":0,"refreshes":0,"refreshesAfterAccessExpiry":0,"refreshesBeforeAccessExpiry":0}` {
+	if b, _ := json.Marshal(zero); string(b) != `{"abandoned":0,"badSignatures":0,"calls":{},"codesReused":0,"exchanges":0,"faultsMatched":0,"maxRefreshLatenessMs":0,"refreshPresentations":0,"refreshTokensReused":0,"refreshes":0,"refreshesAfterAccessExpiry":0,"refreshesBeforeAccessExpiry":0,"tlsHandshakes":0}` {
 		t.Errorf("after DELETE: %s", b)
 	}
 	// Tokens survive a stats reset.

@@ -44,6 +44,11 @@ type Stats struct {
 	// access token's expiry to the refresh that replaced it, over the
 	// refreshes after expiry; 0 when there were none.
 	MaxRefreshLatenessMs int64 `json:"maxRefreshLatenessMs"`
+
+	// TLSHandshakes counts the TLS handshakes completed on an HTTPS
+	// listener (see Server.TLSConfig): a client that reuses its
+	// connections makes none after its first calls.
+	TLSHandshakes int64 `json:"tlsHandshakes"`
 }
 
 type statsRecorder struct {
