@@ -58,6 +58,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tokenproxy/tokenproxy/internal/keygen"
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
 
@@ -277,7 +278,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	// walletsim: one over HTTP, one over HTTPS, the same keys.
 	b.sims = map[string]string{}
 	for _, scheme := range strings.Split(c.wallets, ",") {
-		ports, err := freePorts(1)
+		ports, err := proc.FreePorts(1)
 		if err != nil {
 			return nil, err
 		}
@@ -322,7 +323,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 	}
 
 	if strings.Contains(c.stores, "redis") {
-		ports, err := freePorts(1)
+		ports, err := proc.FreePorts(1)
 		if err != nil {
 			return nil, err
 		}
@@ -440,7 +441,7 @@ func (b *bench) runGroup(ctx context.Context, store, scheme string) (*groupResul
 	}
 	// B: diy.
 	{
-		ports, err := freePorts(1)
+		ports, err := proc.FreePorts(1)
 		if err != nil {
 			return nil, err
 		}
@@ -463,7 +464,7 @@ func (b *bench) runGroup(ctx context.Context, store, scheme string) (*groupResul
 	}
 	// C: bare, the app signs.
 	{
-		ports, err := freePorts(1)
+		ports, err := proc.FreePorts(1)
 		if err != nil {
 			return nil, err
 		}
@@ -518,7 +519,7 @@ func (b *bench) runGroup(ctx context.Context, store, scheme string) (*groupResul
 		}
 	}
 	for _, v := range g.variants {
-		g.rssKiB[v.name] = procHWM(v.p.pid)
+		g.rssKiB[v.name] = proc.PeakRSSKiB(v.p.pid)
 	}
 	return g, nil
 }
@@ -531,7 +532,7 @@ func jsonHeader() http.Header {
 // customer through it and returns its variant, ready time included.
 func (b *bench) startTokenproxy(ctx context.Context, bin, label, name, store, walletURL, listener string, extraEnv []string) (*variant, error) {
 	c := b.cfg
-	ports, err := freePorts(2)
+	ports, err := proc.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -652,12 +653,12 @@ func (b *bench) phase(ctx context.Context, g *groupResult, v *variant, rsa float
 	if err != nil {
 		return s, err
 	}
-	cpu0, err := procCPU(v.p.pid)
+	cpu0, err := proc.CPUSeconds(v.p.pid)
 	if err != nil {
 		return s, err
 	}
 	s.load = runLoad(ctx, v.target, c.concurrency, c.duration)
-	cpu1, err := procCPU(v.p.pid)
+	cpu1, err := proc.CPUSeconds(v.p.pid)
 	if err != nil {
 		return s, err
 	}

@@ -66,7 +66,6 @@ import (
 const (
 	batches      = 10
 	clientID     = "BENCH_CLIENT"
-	clkTck       = 100 // USER_HZ: /proc/<pid>/stat counts CPU time in 1/100 s
 	stopGrace    = 10 * time.Second
 	pollEvery    = time.Second
 	progressEach = 30 * time.Second
@@ -241,7 +240,7 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 		res.redisVersion = strings.TrimSpace(string(out))
 	}
 
-	ports, err := freePorts(2 + 2*c.replicas)
+	ports, err := proc.FreePorts(2 + 2*c.replicas)
 	if err != nil {
 		return nil, err
 	}
@@ -549,8 +548,8 @@ func (b *bench) watch(ctx context.Context, res *result) error {
 func (b *bench) collect(ctx context.Context, res *result, rdb *redis.Client, sim, rp *child) {
 	for _, r := range b.replicas {
 		rr := replicaResult{name: r.name}
-		rr.procCPU, rr.procErr = procCPU(r.p.PID())
-		rr.rssKiB = procHWM(r.p.PID())
+		rr.procCPU, rr.procErr = proc.CPUSeconds(r.p.PID())
+		rr.rssKiB = proc.PeakRSSKiB(r.p.PID())
 		body, err := b.getRaw(ctx, "http://"+r.ops+"/metrics")
 		if err != nil {
 			rr.metricsErr = err
@@ -561,8 +560,8 @@ func (b *bench) collect(ctx context.Context, res *result, rdb *redis.Client, sim
 		}
 		res.replicas = append(res.replicas, rr)
 	}
-	res.simCPU, _ = procCPU(sim.PID())
-	res.redisCPU, _ = procCPU(rp.PID())
+	res.simCPU, _ = proc.CPUSeconds(sim.PID())
+	res.redisCPU, _ = proc.CPUSeconds(rp.PID())
 	if info, err := rdb.Info(ctx, "memory").Result(); err == nil {
 		res.redisMemory = infoField(info, "used_memory_human")
 		res.redisPeak = infoField(info, "used_memory_peak_human")
@@ -829,66 +828,6 @@ func waitUntil(ctx context.Context, within time.Duration, p *child, ok func() bo
 		}
 	}
 	return nil
-}
-
-// freePorts asks the kernel for n distinct free loopback ports, never 6379.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		ls = append(ls, l)
-		if p := l.Addr().(*net.TCPAddr).Port; p != 6379 {
-			ports = append(ports, p)
-		}
-	}
-	return ports, nil
-}
-
-// procCPU is utime+stime of a running process, in seconds.
-func procCPU(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	i := bytes.LastIndexByte(b, ')') // the command name may hold spaces
-	if i < 0 {
-		return 0, errors.New("malformed /proc stat")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, errors.New("short /proc stat")
-	}
-	// f[0] is field 3 (state): utime and stime are fields 14 and 15.
-	ut, err1 := strconv.ParseFloat(f[11], 64)
-	st, err2 := strconv.ParseFloat(f[12], 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return (ut + st) / clkTck, nil
-}
-
-// procHWM is the peak resident set size (VmHWM) in KiB, 0 if unknown.
-func procHWM(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 // metricValue is the value of an unlabelled series in Prometheus text.
