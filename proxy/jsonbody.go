@@ -270,18 +270,8 @@ func (s *scanner) object(top *[]span) error {
 		if top != nil {
 			*top = append(*top, span{keyStart: keyStart, keyEnd: keyEnd, valStart: valStart, valEnd: s.pos, decoded: decoded})
 		}
-		s.space()
-		if s.pos >= len(s.data) {
-			return s.syntax()
-		}
-		switch s.data[s.pos] {
-		case ',':
-			s.pos++
-		case '}':
-			s.pos++
-			return nil
-		default:
-			return s.syntax()
+		if done, err := s.separator('}'); err != nil || done {
+			return err
 		}
 	}
 }
@@ -301,20 +291,28 @@ func (s *scanner) array() error {
 		if err := s.value(); err != nil {
 			return err
 		}
-		s.space()
-		if s.pos >= len(s.data) {
-			return s.syntax()
-		}
-		switch s.data[s.pos] {
-		case ',':
-			s.pos++
-		case ']':
-			s.pos++
-			return nil
-		default:
-			return s.syntax()
+		if done, err := s.separator(']'); err != nil || done {
+			return err
 		}
 	}
+}
+
+// separator reads what follows a member or an element: ',' (more follow)
+// or closing (the object or array ends: done).
+func (s *scanner) separator(closing byte) (done bool, err error) {
+	s.space()
+	if s.pos >= len(s.data) {
+		return false, s.syntax()
+	}
+	switch s.data[s.pos] {
+	case ',':
+		s.pos++
+		return false, nil
+	case closing:
+		s.pos++
+		return true, nil
+	}
+	return false, s.syntax()
 }
 
 // str reads a string at s.pos (the opening quote) and returns its bytes

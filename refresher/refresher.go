@@ -485,6 +485,13 @@ func (r *Refresher) goBackground(fn func(ctx context.Context)) bool {
 	default:
 		return false
 	}
+	return r.runInSlot(fn)
+}
+
+// runInSlot runs fn detached from any caller, owned by r and bounded by the
+// refresh budget, in the worker slot the caller took; the slot is given
+// back when fn returns, or at once (false) when r is closing.
+func (r *Refresher) runInSlot(fn func(ctx context.Context)) bool {
 	if !r.track() {
 		<-r.slots
 		return false

@@ -80,18 +80,7 @@ func (r *Refresher) schedule(ctx context.Context, id string) bool {
 	case <-ctx.Done():
 		return false
 	}
-	if !r.track() {
-		<-r.slots
-		return false
-	}
-	go func() {
-		defer r.wg.Done()
-		defer func() { <-r.slots }()
-		rctx, cancel := context.WithTimeout(r.ctx, r.refreshBudget())
-		defer cancel()
-		r.scheduled(rctx, id)
-	}()
-	return true
+	return r.runInSlot(func(ctx context.Context) { r.scheduled(ctx, id) })
 }
 
 // scheduled refreshes one due customer, unless it is idle.
