@@ -483,9 +483,11 @@ func (b *bench) runGroup(ctx context.Context, store, scheme string) (*groupResul
 			presign: func() (http.Header, []byte, error) { return b.presign(tok) }})
 	}
 	defer func() {
-		for _, v := range g.variants {
-			v.p.stop()
+		ps := make([]*child, len(g.variants))
+		for i, v := range g.variants {
+			ps[i] = v.p
 		}
+		proc.StopAll(ps) // paused ones too: SIGCONT first
 	}()
 
 	// Warm-up of every variant (connections, the token's first lookup),
@@ -519,7 +521,7 @@ func (b *bench) runGroup(ctx context.Context, store, scheme string) (*groupResul
 		}
 	}
 	for _, v := range g.variants {
-		g.rssKiB[v.name] = proc.PeakRSSKiB(v.p.pid)
+		g.rssKiB[v.name] = proc.PeakRSSKiB(v.p.PID())
 	}
 	return g, nil
 }
@@ -653,12 +655,12 @@ func (b *bench) phase(ctx context.Context, g *groupResult, v *variant, rsa float
 	if err != nil {
 		return s, err
 	}
-	cpu0, err := proc.CPUSeconds(v.p.pid)
+	cpu0, err := proc.CPUSeconds(v.p.PID())
 	if err != nil {
 		return s, err
 	}
 	s.load = runLoad(ctx, v.target, c.concurrency, c.duration)
-	cpu1, err := proc.CPUSeconds(v.p.pid)
+	cpu1, err := proc.CPUSeconds(v.p.PID())
 	if err != nil {
 		return s, err
 	}
@@ -784,36 +786,11 @@ func (b *bench) counter(url string) func(context.Context) (float64, error) {
 	}
 }
 
-func (b *bench) stopAll() {
-	for i := len(b.procs) - 1; i >= 0; i-- {
-		b.procs[i].stop()
-	}
-}
+func (b *bench) stopAll() { proc.StopAll(b.procs) }
 
-func (b *bench) cleanup() {
-	b.stopAll()
-	if b.dir == "" {
-		return
-	}
-	if b.cfg.keep {
-		fmt.Fprintln(os.Stderr, "bench-proxy: keys and process logs kept in", b.dir)
-		return
-	}
-	_ = os.RemoveAll(b.dir)
-}
+func (b *bench) cleanup() { proc.Cleanup(b.procs, b.dir, b.cfg.keep, "bench-proxy") }
 
-func (b *bench) showLogs() {
-	for _, p := range b.procs {
-		out, _ := os.ReadFile(p.log)
-		s := strings.TrimSpace(string(out))
-		if len(s) > 2048 {
-			s = "…" + s[len(s)-2048:]
-		}
-		if s != "" {
-			fmt.Fprintf(os.Stderr, "\n-- %s (pid %d) log, last lines:\n%s\n", p.name, p.pid, s)
-		}
-	}
-}
+func (b *bench) showLogs() { proc.ShowLogs(os.Stderr, b.procs, 2048) }
 
 // ---- HTTP to the processes' test and ops endpoints ----
 

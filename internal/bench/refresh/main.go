@@ -760,21 +760,14 @@ func orUnknown(s string) string {
 // ---- processes ----
 
 // child is a started program and its log file in the temporary directory.
-type child struct {
-	*proc.Process
-	log string
-}
+// child is a process the benchmark started, its output in a log file.
+type child = proc.Logged
 
 // startProc starts bin with args and env (beyond the inherited PATH and
 // HOME), its output in a log file of the temporary directory.
 func (b *bench) startProc(name, bin string, args, env []string) (*child, error) {
-	c := &child{log: filepath.Join(b.dir, name+".log")}
-	f, err := os.Create(c.log)
+	c, err := proc.StartLogged(b.dir, name, bin, args, env, stopGrace)
 	if err != nil {
-		return nil, err
-	}
-	defer f.Close() // the child has its own descriptor
-	if c.Process, err = proc.Start(name, bin, args, proc.Options{Dir: b.dir, Env: env, Output: f, StopGrace: stopGrace}); err != nil {
 		return nil, err
 	}
 	b.procs = append(b.procs, c)
@@ -783,33 +776,12 @@ func (b *bench) startProc(name, bin string, args, env []string) (*child, error) 
 
 // stopAll stops every process, the last started first (the replicas
 // before walletsim and Redis).
-func (b *bench) stopAll() {
-	for i := len(b.procs) - 1; i >= 0; i-- {
-		b.procs[i].Stop()
-	}
-}
+func (b *bench) stopAll() { proc.StopAll(b.procs) }
 
-func (b *bench) cleanup() {
-	b.stopAll()
-	if b.dir == "" {
-		return
-	}
-	if b.cfg.keep {
-		fmt.Fprintln(os.Stderr, "bench: keys and process logs kept in", b.dir)
-		return
-	}
-	_ = os.RemoveAll(b.dir)
-}
+func (b *bench) cleanup() { proc.Cleanup(b.procs, b.dir, b.cfg.keep, "bench") }
 
 // showLogs prints the end of every process log, for a failed run.
-func (b *bench) showLogs() {
-	for _, p := range b.procs {
-		out, _ := os.ReadFile(p.log)
-		if s := strings.TrimSpace(tail(string(out), 2048)); s != "" {
-			fmt.Fprintf(os.Stderr, "\n-- %s (pid %d) log, last lines:\n%s\n", p.Name(), p.PID(), s)
-		}
-	}
-}
+func (b *bench) showLogs() { proc.ShowLogs(os.Stderr, b.procs, 2048) }
 
 // waitUntil polls ok until it holds, p exits, ctx ends or within passes.
 func waitUntil(ctx context.Context, within time.Duration, p *child, ok func() bool) error {
