@@ -99,22 +99,12 @@ func NewRedisClient(o RedisOptions) (redis.UniversalClient, error) {
 			return nil, fmt.Errorf("redis: address %d is empty", i+1)
 		}
 	}
-	if o.MasterName != "" {
-		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:            o.MasterName,
-			SentinelAddrs:         o.Addrs,
-			Username:              o.Username,
-			Password:              o.Password,
-			TLSConfig:             tlsConf,
-			DialTimeout:           dialTimeout,
-			DialerRetries:         dialAttempts,
-			ReadTimeout:           ioTimeout,
-			WriteTimeout:          ioTimeout,
-			ContextTimeoutEnabled: true,
-		}), nil
-	}
-	return redis.NewClusterClient(&redis.ClusterOptions{
+	// With a master name the addresses are Sentinels; without, even one
+	// address is a Cluster seed (the contract), never a single node.
+	return redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:                 o.Addrs,
+		MasterName:            o.MasterName,
+		IsClusterMode:         o.MasterName == "",
 		Username:              o.Username,
 		Password:              o.Password,
 		TLSConfig:             tlsConf,
