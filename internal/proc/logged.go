@@ -1,9 +1,14 @@
 package proc
 
 import (
+	"context"
+	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -33,6 +38,48 @@ func StartLogged(dir, name, bin string, args, env []string, grace time.Duration)
 		return nil, err
 	}
 	return l, nil
+}
+
+// StartInto is StartLogged that adds the process to ps, the run's list.
+func StartInto(ps *[]*Logged, dir, name, bin string, args, env []string, grace time.Duration) (*Logged, error) {
+	l, err := StartLogged(dir, name, bin, args, env, grace)
+	if err == nil {
+		*ps = append(*ps, l)
+	}
+	return l, err
+}
+
+// ParseFlags parses the command line of a run's program (name), refuses
+// arguments, and checks the settings: exit 2 with one line on either.
+func ParseFlags(name string, check func() error) {
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "%s: unexpected argument %q\n", name, flag.Arg(0))
+		os.Exit(2)
+	}
+	if err := check(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(2)
+	}
+}
+
+// Serve serves h on addr until SIGTERM or SIGINT, then shuts down within
+// 5 s: the main of the benchmark's helper proxies.
+func Serve(name, addr string, h http.Handler) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: listen: %v\n", name, err)
+		os.Exit(1)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() { _ = srv.Serve(ln) }()
+	fmt.Fprintf(os.Stderr, "%s: listening on %s\n", name, ln.Addr())
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
 }
 
 // StopAll stops every process by its PID, the last started first (the

@@ -50,6 +50,7 @@ import (
 	"time"
 
 	"github.com/tokenproxy/tokenproxy/internal/keygen"
+	"github.com/tokenproxy/tokenproxy/internal/walletsim"
 
 	"github.com/tokenproxy/tokenproxy/internal/proc"
 )
@@ -597,21 +598,6 @@ func (s *soak) scrapeLoop(ctx context.Context) {
 	}
 }
 
-type ledger struct {
-	Presentations         int64 `json:"presentations"`
-	Represented           int64 `json:"represented"`
-	RepresentedAfterKnown int64 `json:"representedAfterKnownOutcome"`
-	Overlapping           int64 `json:"overlapping"`
-	Undelivered           int64 `json:"undelivered"`
-	LostRotations         int64 `json:"lostRotations"`
-	SPairsLost            int64 `json:"sPairsLost"`
-	AfterKnown            []struct {
-		CustomerID    string    `json:"customerId"`
-		DeliveredAt   time.Time `json:"deliveredAt"`
-		RepresentedAt time.Time `json:"representedAt"`
-	} `json:"afterKnown"`
-}
-
 func (s *soak) finish(ctx context.Context) error {
 	s.logf("chaos over: faults cleared, every process up; forcing one refresh of every customer")
 	_ = s.simDo(ctx, http.MethodDelete, "/sim/faults", "")
@@ -676,7 +662,7 @@ func (s *soak) finish(ctx context.Context) error {
 		s.scrape(r)
 	}
 
-	var l ledger
+	var l walletsim.Ledger
 	st, b, err := get(ctx, s.simURL+"/sim/ledger")
 	if err != nil || st != 200 || json.Unmarshal(b, &l) != nil {
 		return fmt.Errorf("read walletsim's ledger: %d %v", st, err)

@@ -99,15 +99,7 @@ func main() {
 	flag.StringVar(&c.bare, "bare", "bin/bench-bare", "the bare two-hop proxy (internal/bench/proxy/bare)")
 	flag.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary (looked up in PATH)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (keys, process logs) and print its path")
-	flag.Parse()
-	if flag.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "bench-proxy: unexpected argument %q\n", flag.Arg(0))
-		os.Exit(2)
-	}
-	if err := c.check(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-proxy:", err)
-		os.Exit(2)
-	}
+	proc.ParseFlags("bench-proxy", c.check)
 	os.Exit(run(c))
 }
 

@@ -20,12 +20,7 @@ type child = proc.Logged
 // startProc starts bin with args and env (plus PATH and HOME) in the run's
 // directory.
 func (b *bench) startProc(name, bin string, args, env []string) (*child, error) {
-	c, err := proc.StartLogged(b.dir, name, bin, args, env, stopGrace)
-	if err != nil {
-		return nil, err
-	}
-	b.procs = append(b.procs, c)
-	return c, nil
+	return proc.StartInto(&b.procs, b.dir, name, bin, args, env, stopGrace)
 }
 
 // waitUntil polls ok every 2 ms until it holds, p exits, ctx ends or

@@ -104,15 +104,7 @@ func main() {
 	flag.StringVar(&c.walletsim, "walletsim", "bin/walletsim", "walletsim binary")
 	flag.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary (looked up in PATH)")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (keys, process logs) and print its path")
-	flag.Parse()
-	if flag.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q\n", flag.Arg(0))
-		os.Exit(2)
-	}
-	if err := c.check(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(2)
-	}
+	proc.ParseFlags("bench", c.check)
 	os.Exit(run(c))
 }
 
@@ -766,12 +758,7 @@ type child = proc.Logged
 // startProc starts bin with args and env (beyond the inherited PATH and
 // HOME), its output in a log file of the temporary directory.
 func (b *bench) startProc(name, bin string, args, env []string) (*child, error) {
-	c, err := proc.StartLogged(b.dir, name, bin, args, env, stopGrace)
-	if err != nil {
-		return nil, err
-	}
-	b.procs = append(b.procs, c)
-	return c, nil
+	return proc.StartInto(&b.procs, b.dir, name, bin, args, env, stopGrace)
 }
 
 // stopAll stops every process, the last started first (the replicas

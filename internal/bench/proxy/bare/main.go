@@ -12,19 +12,15 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os/signal"
 	"runtime"
-	"syscall"
-	"time"
 
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
 
@@ -47,18 +43,5 @@ func main() {
 		fmt.Fprintln(w, ms.Mallocs)
 	})
 	mux.Handle("/", rp)
-
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		log.Fatalf("bare: listen: %v", err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	go func() { _ = srv.Serve(ln) }()
-	log.Printf("listening on %s", ln.Addr())
-	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
+	proc.Serve("bare", *listen, mux)
 }

@@ -25,15 +25,13 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/tokenproxy/tokenproxy/internal/proc"
 	"github.com/tokenproxy/tokenproxy/wallet"
 )
 
@@ -120,7 +118,7 @@ func main() {
 		w.WriteHeader(resp.StatusCode)
 		_, _ = w.Write(answer)
 	})
-	serve(*listen, mux)
+	proc.Serve("diy", *listen, mux)
 }
 
 func readKey[K any](file string, parse func([]byte) (K, error)) (K, error) {
@@ -130,21 +128,4 @@ func readKey[K any](file string, parse func([]byte) (K, error)) (K, error) {
 		return zero, err
 	}
 	return parse(b)
-}
-
-// serve listens on addr until SIGTERM or SIGINT.
-func serve(addr string, h http.Handler) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		log.Fatalf("listen: %v", err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	go func() { _ = srv.Serve(ln) }()
-	log.Printf("listening on %s", ln.Addr())
-	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
 }
