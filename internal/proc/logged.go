@@ -120,3 +120,23 @@ func ShowLogs(w io.Writer, ps []*Logged, max int) {
 		}
 	}
 }
+
+// Interruptible returns a context that SIGINT or SIGTERM ends (a second
+// one kills the program at once), for a run's main.
+func Interruptible() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() { <-ctx.Done(); stop() }()
+	return ctx, stop
+}
+
+// Failed reports a run that ended with err: 130 when it was interrupted
+// (its processes are stopped), else 1 after showing the processes' logs.
+func Failed(ctx context.Context, name string, err error, showLogs func()) int {
+	if ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, name+": interrupted; every process it started is stopped")
+		return 130
+	}
+	fmt.Fprintln(os.Stderr, name+" failed:", err)
+	showLogs()
+	return 1
+}

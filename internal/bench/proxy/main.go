@@ -45,7 +45,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -148,22 +147,15 @@ func (c *config) check() error {
 }
 
 func run(c config) int {
-	ctx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stopSignals := proc.Interruptible()
 	defer stopSignals()
-	go func() { <-ctx.Done(); stopSignals() }() // a second Ctrl-C kills at once
 
 	b := &bench{cfg: c, ops: &http.Client{Timeout: 10 * time.Second}}
 	defer b.cleanup()
 	rep, err := b.run(ctx)
 	b.stopAll()
 	if err != nil {
-		if ctx.Err() != nil {
-			fmt.Fprintln(os.Stderr, "bench-proxy: interrupted; every process it started is stopped")
-			return 130
-		}
-		fmt.Fprintln(os.Stderr, "bench-proxy failed:", err)
-		b.showLogs()
-		return 1
+		return proc.Failed(ctx, "bench-proxy", err, b.showLogs)
 	}
 	rep.print(os.Stdout)
 	return 0
@@ -795,36 +787,11 @@ func (b *bench) get(ctx context.Context, url string, out any) error {
 }
 
 func (b *bench) getRaw(ctx context.Context, url string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	return b.do(req)
+	return proc.Fetch(ctx, b.ops, http.MethodGet, url, nil)
 }
 
 func (b *bench) post(ctx context.Context, url string, body []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	return b.do(req)
-}
-
-func (b *bench) do(req *http.Request) ([]byte, error) {
-	resp, err := b.ops.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s %s: HTTP %d", req.Method, req.URL, resp.StatusCode)
-	}
-	return body, nil
+	return proc.Fetch(ctx, b.ops, http.MethodPost, url, body)
 }
 
 // ---- summary ----

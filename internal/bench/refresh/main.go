@@ -44,7 +44,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -165,22 +164,15 @@ func (c config) deadline() time.Duration { return c.head + c.window + c.lead + 5
 // run is main's body; it returns the exit code once every process it
 // started is stopped.
 func run(c config) int {
-	ctx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stopSignals := proc.Interruptible()
 	defer stopSignals()
-	go func() { <-ctx.Done(); stopSignals() }() // a second Ctrl-C kills at once
 
 	b := &bench{cfg: c, start: started, http: &http.Client{}} // every request has a context deadline
 	defer b.cleanup()
 	res, err := b.run(ctx)
 	b.stopAll()
 	if err != nil {
-		if ctx.Err() != nil {
-			fmt.Fprintln(os.Stderr, "bench: interrupted; every process it started is stopped")
-			return 130
-		}
-		fmt.Fprintln(os.Stderr, "bench failed:", err)
-		b.showLogs()
-		return 1
+		return proc.Failed(ctx, "bench", err, b.showLogs)
 	}
 	res.print(os.Stdout)
 	if fails := res.failures(); len(fails) > 0 {
@@ -841,38 +833,13 @@ func (b *bench) get(ctx context.Context, url string, out any) error {
 func (b *bench) getRaw(ctx context.Context, url string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	return b.do(req)
+	return proc.Fetch(ctx, b.http, http.MethodGet, url, nil)
 }
 
 func (b *bench) post(ctx context.Context, url string, body []byte, timeout time.Duration) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	return b.do(req)
-}
-
-func (b *bench) do(req *http.Request) ([]byte, error) {
-	resp, err := b.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s %s: HTTP %d: %s", req.Method, req.URL, resp.StatusCode, tail(string(body), 300))
-	}
-	return body, nil
+	return proc.Fetch(ctx, b.http, http.MethodPost, url, body)
 }
 
 // ---- output ----
