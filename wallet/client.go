@@ -102,8 +102,6 @@ type Response struct {
 	Body   []byte
 	// Result is the body's result object (zero when it has none).
 	Result Result
-	// Path is the path the call was made for, without prefix or query.
-	Path string
 }
 
 // URI is the path the wallet sees for path+query: the base URL's prefix,
@@ -216,7 +214,6 @@ func (c *Client) call(ctx context.Context, path, rawQuery string, body []byte, h
 		Header:     make(http.Header, len(answerHeaders)),
 		Body:       raw,
 		Result:     keptResult(result, body),
-		Path:       path,
 	}
 	// The transport made resp.Header for this answer alone: its first
 	// values are shared, not copied.
