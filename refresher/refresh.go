@@ -234,7 +234,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 	wd.Wait()
 	r.cfg.Metrics.refreshSeconds.Observe(time.Since(start).Seconds())
 
-	o, result := r.outcome(rec, pair, callErr)
+	o, result := r.outcome(ctx, rec, pair, callErr)
 	r.cfg.Metrics.refreshes.WithLabelValues(trigger, result, metricCode(o)).Inc()
 	if o.Kind == tokencache.Refreshed {
 		// How long the old access token had left: 0 when it had expired
@@ -299,7 +299,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 const storeWriteTimeout = 5 * time.Second
 
 // outcome classifies a presentation's result.
-func (r *Refresher) outcome(rec *tokencache.Record, pair *wallet.TokenResponse, err error) (tokencache.Outcome, string) {
+func (r *Refresher) outcome(ctx context.Context, rec *tokencache.Record, pair *wallet.TokenResponse, err error) (tokencache.Outcome, string) {
 	if err == nil {
 		now := r.now()
 		next := *rec
@@ -310,7 +310,7 @@ func (r *Refresher) outcome(rec *tokencache.Record, pair *wallet.TokenResponse, 
 		next.State = tokencache.StateActive
 		next.LastError = ""
 		next.LastRefresh = now
-		next.NextRefresh = r.nextRefresh(now, pair.AccessTokenExpiry)
+		next.NextRefresh = r.nextRefresh(context.WithoutCancel(ctx), now, pair.AccessTokenExpiry)
 		if pair.CustomerID != rec.CustomerID {
 			r.log.Warn("wallet refreshed a token for another customer id; kept under the original", "customer", rec.CustomerID)
 		}

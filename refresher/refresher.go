@@ -102,6 +102,10 @@ type Config struct {
 	// recount of tokenproxy_tokens (default 30s).
 	ScheduleEvery time.Duration
 	CensusEvery   time.Duration
+	// Plan, when set, keeps the fleet's refresh plan (both stores are
+	// tokencache.PlanBooks): refresh times are then chosen against the
+	// fleet's rate (plan.go); nil: a fixed lead (NextRefresh).
+	Plan tokencache.PlanBook
 	// Census counts the store's customers by state for tokenproxy_tokens
 	// (the stores' Census methods); nil: not counted.
 	Census  func(ctx context.Context) (tokencache.Census, error)
@@ -145,6 +149,7 @@ type Refresher struct {
 	urgent  atomic.Int64 // refreshes with a caller waiting, queued for the rate limiter
 	cache   *recordCache
 	pending *pendingWrites
+	planner *Planner // nil: no plan
 	flights singleflight.Group
 	slots   chan struct{} // worker slots for background and scheduled refreshes
 
@@ -211,6 +216,12 @@ func New(cfg Config) *Refresher {
 		cancel:      cancel,
 	}
 	r.pending = newPendingWrites(r)
+	if cfg.Plan != nil {
+		r.planner = NewPlanner(PlanConfig{
+			Book: cfg.Plan, Before: cfg.RefreshBefore, Jitter: cfg.RefreshJitter, Rate: cfg.RefreshRate,
+			Shortfall: cfg.Metrics.planShortfall, Logger: r.log,
+		})
+	}
 	return r
 }
 
@@ -316,6 +327,7 @@ type Exchange struct {
 // whatever was stored (a reauthorization_required state included).
 func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
 	rec := NewRecord(ex, r.now(), r.cfg.RefreshBefore, r.cfg.RefreshJitter)
+	rec.NextRefresh = r.nextRefresh(ctx, rec.LastUsed, rec.AccessTokenExpiry)
 	gen, err := tokencache.Put(ctx, r.cfg.Store, rec)
 	if err != nil {
 		r.storeFailed("put")
@@ -525,7 +537,12 @@ func (r *Refresher) refreshBudget() time.Duration {
 	return 2*r.cfg.UpstreamTimeout + 2*r.cfg.Lease + 5*time.Second
 }
 
-func (r *Refresher) nextRefresh(now, expiry time.Time) time.Time {
+// nextRefresh is when a token expiring at expiry is due: planned against
+// the fleet's rate when there is a plan (Planner.Plan), else a fixed lead.
+func (r *Refresher) nextRefresh(ctx context.Context, now, expiry time.Time) time.Time {
+	if r.planner != nil {
+		return r.planner.Plan(ctx, now, expiry)
+	}
 	return NextRefresh(now, expiry, r.cfg.RefreshBefore, r.cfg.RefreshJitter)
 }
 

@@ -20,7 +20,10 @@ func (r *Refresher) Run(ctx context.Context) {
 	defer tick.Stop()
 	census := time.NewTicker(r.cfg.CensusEvery)
 	defer census.Stop()
+	beat := time.NewTicker(planBeatEvery)
+	defer beat.Stop()
 	r.census(ctx)
+	r.beat(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -29,6 +32,8 @@ func (r *Refresher) Run(ctx context.Context) {
 			return
 		case <-census.C:
 			r.census(ctx)
+		case <-beat.C:
+			r.beat(ctx)
 		case <-tick.C:
 			r.scheduleOnce(ctx)
 		}

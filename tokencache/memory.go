@@ -40,6 +40,8 @@ type Memory struct {
 	entries   map[string]*Entry // each a private copy, replaced on write
 	lastSweep time.Time
 	due       memDue
+
+	plan memPlan // the refresh plan (plan.go), under its own lock
 }
 
 var _ Store = (*Memory)(nil)

@@ -156,6 +156,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		CacheMaxEntries: cfg.CacheMaxEntries,
 		Census:          store.Census,
+		Plan:            store,
 		Metrics:         refresher.NewMetrics(reg),
 		Logger:          log,
 	})
@@ -273,9 +274,10 @@ func storeKind(cfg *Config) string {
 }
 
 // countingStore is a store that can also count its customers by state
-// (tokenproxy_tokens): both stores can.
+// (tokenproxy_tokens) and keep the refresh plan: both stores can.
 type countingStore interface {
 	tokencache.Store
+	tokencache.PlanBook
 	Census(ctx context.Context) (tokencache.Census, error)
 }
 
