@@ -25,9 +25,9 @@ var planT0 = time.Unix(1_800_000_000, 0)
 type warnCounter struct{ n atomic.Int64 }
 
 func (w *warnCounter) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
-func (w *warnCounter) Handle(context.Context, slog.Record) error   { w.n.Add(1); return nil }
-func (w *warnCounter) WithAttrs([]slog.Attr) slog.Handler            { return w }
-func (w *warnCounter) WithGroup(string) slog.Handler                 { return w }
+func (w *warnCounter) Handle(context.Context, slog.Record) error    { w.n.Add(1); return nil }
+func (w *warnCounter) WithAttrs([]slog.Attr) slog.Handler           { return w }
+func (w *warnCounter) WithGroup(string) slog.Handler                { return w }
 
 type planFixture struct {
 	p         *Planner
