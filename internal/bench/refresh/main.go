@@ -94,7 +94,10 @@ type config struct {
 	tokenproxy  string
 	walletsim   string
 	redisServer string
-	keep        bool
+	// redisArgs are extra redis-server arguments, for example
+	// "--hash-max-listpack-value 512".
+	redisArgs string
+	keep      bool
 }
 
 func main() {
@@ -114,6 +117,7 @@ func main() {
 	flag.StringVar(&c.tokenproxy, "tokenproxy", "bin/tokenproxy", "tokenproxy binary")
 	flag.StringVar(&c.walletsim, "walletsim", "bin/walletsim", "walletsim binary")
 	flag.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary (looked up in PATH)")
+	flag.StringVar(&c.redisArgs, "redis-args", "", "extra redis-server arguments, space-separated (for example '--hash-max-listpack-value 512')")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (keys, process logs) and print its path")
 	proc.ParseFlags("bench", func() error {
 		if err := c.applyProfile(); err != nil {
@@ -297,10 +301,10 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 
 	// Redis.
 	b.redisAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	rp, err := b.startProc("redis-server", c.redisServer, []string{
+	rp, err := b.startProc("redis-server", c.redisServer, append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(ports[0]),
 		"--save", "", "--appendonly", "no", "--dir", b.dir, "--daemonize", "no",
-	}, nil)
+	}, strings.Fields(c.redisArgs)...), nil)
 	if err != nil {
 		return nil, err
 	}
