@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +29,9 @@ import (
 // access tokens that live 10 s (REFRESH_BEFORE 5 s, JITTER 2 s: every
 // customer is refreshed every 3 to 5 s), and app callers calling
 // inquiryUserInfo for every customer through both replicas. Under that
-// load one master holding customers is SIGKILLed by its PID; the test
+// load, and while refreshes of every customer of one master are at the
+// wallet (held there 1.5 s: claimed and acknowledged, their answers still
+// to come), that master is SIGKILLed by its PID; the test
 // waits until its replica has taken over, restarts the killed node (as a
 // pod would be restarted: it rejoins as a replica, so WAIT 1 can be
 // answered again for its slots), and keeps the load on until every
@@ -44,7 +48,9 @@ import (
 //     S was delivered: the only way a stored pair is found missing); and at
 //     the end a forced refresh of every customer succeeds, which it can only
 //     if the store holds the latest refresh token walletsim issued for that
-//     customer (each refresh token is single-use);
+//     customer (each refresh token is single-use); the refreshes caught
+//     by the kill kept their pairs in memory and wrote them to the
+//     promoted node;
 //   - failed app calls: none before the kill; all of them in one window
 //     from the first failure to the first success after the last, which
 //     must stay under 30 s (it includes the cluster's failover, about 2 to
@@ -53,7 +59,7 @@ import (
 // Sized for 2 cores at a load of 4 with -race: 90 customers refreshed
 // every 3 to 5 s are about 25 refreshes a second (4 RSA-2048 operations
 // each), and 6 callers every 150 ms about 40 calls a second (4 each):
-// well under one core. It takes about a minute.
+// well under one core. It takes about 30 s.
 func TestClusterFailover(t *testing.T) {
 	const (
 		customers   = 90
@@ -138,15 +144,49 @@ func TestClusterFailover(t *testing.T) {
 	}
 	victim := cluster.Master(recordKey(ids[0]))
 	onVictim := 0
-	for _, id := range ids {
+	victimCustomer := make([]bool, customers)
+	for i, id := range ids {
 		if cluster.Master(recordKey(id)) == victim {
+			victimCustomer[i] = true
 			onVictim++
 		}
 	}
-	refreshesAtKill := simRefreshes()
+	// Refreshes in flight at the kill: walletsim holds refresh calls for
+	// 1.5 s before processing them, and every customer of the victim is
+	// refreshed now (admin API, joining a refresh in flight). The kill
+	// comes once many are at walletsim, i.e. claimed (and acknowledged by
+	// a replica): their S answers come back 1.5 s later, well before a
+	// failover can be complete (ClusterNodeTimeout alone is 2 s), so the
+	// replicas must keep those pairs and write them to the promoted node.
+	const refreshLatency = 1500 * time.Millisecond
+	simDo(t, "POST", simURL+"/sim/faults", fmt.Sprintf(`{"grantType":"REFRESH_TOKEN","path":"/v1/authorizations/applyToken","latency":%q}`, refreshLatency))
+	var forcedWG sync.WaitGroup
+	forcedAtKill := make(chan string, onVictim)
+	for i := range ids {
+		if !victimCustomer[i] {
+			continue
+		}
+		forcedWG.Add(1)
+		go func() {
+			defer forcedWG.Done()
+			status, body, err := tryDo("POST", procs[i%2].url+"/tokenproxy/customers/"+ids[i]+"/refresh", "", nil)
+			if err != nil {
+				forcedAtKill <- "error"
+				return
+			}
+			forcedAtKill <- strings.TrimSpace(fmt.Sprintf("%d %s", status, resultCode(body)))
+		}()
+	}
+	inFlight := func() int64 {
+		s := readSim[walletsim.Stats](t, simURL+"/sim/stats")
+		return s.Calls["/v1/authorizations/applyToken"][walletsim.GrantRefreshToken] - s.RefreshPresentations - s.Abandoned
+	}
+	waitFor(t, phaseWait, "refreshes in flight at walletsim", func() bool { return inFlight() >= int64(onVictim/2) })
+	refreshesAtKill, inFlightAtKill := simRefreshes(), inFlight()
 	killAt := time.Now()
 	victimPID := victim.PID
 	victim.Stop() // SIGKILL, by PID
+	simDo(t, "DELETE", simURL+"/sim/faults", "")
 	promoted := cluster.WaitFailover(victim, recordKey(ids[0]))
 	failedOverAfter := time.Since(killAt)
 	cluster.Restart(victim)
@@ -162,6 +202,12 @@ func TestClusterFailover(t *testing.T) {
 		return simRefreshes() >= refreshesAtRejoin+customers && load.servedAll(rejoinedAt)
 	})
 	stopLoad()
+	forcedWG.Wait()
+	close(forcedAtKill)
+	forcedKill := map[string]int{}
+	for code := range forcedAtKill {
+		forcedKill[code]++
+	}
 
 	// The end state: no customer lost its pair. A forced refresh presents
 	// the stored refresh token: only the latest one issued is unused.
@@ -201,16 +247,35 @@ func TestClusterFailover(t *testing.T) {
 	failures := load.failures(time.Time{})
 	window, first, last := failureWindow(load.all())
 	byCode := map[string]int{}
+	failedOnVictim := 0
 	for _, f := range failures {
 		byCode[f.code]++
+		if victimCustomer[f.customer] {
+			failedOnVictim++
+		}
 	}
-	t.Logf("cluster failover counts: customers %d (%d on the killed master), refreshes %d (%d before the kill), "+
-		"presentations %d, re-presented %d (after an unknown outcome %d, after a known one %d), overlapping %d, undelivered %d, "+
-		"lost rotations %d, acknowledged pairs lost %d; app calls %d, failed %d %v, window %v (kill to promotion %v, to rejoin %v); "+
+	// How the store's outage showed inside the replicas: store errors,
+	// and refreshed pairs the store could not take at once (kept in
+	// memory, served from there and written when it answered again).
+	storeErrors := metricPrefixSum(t, "tokenproxy_store_errors_total{", procs...)
+	kept, keptWritten, keptSuperseded := 0, 0, 0
+	for _, p := range procs {
+		kept += bytes.Count(p.Logs(), []byte("refreshed pair kept in memory"))
+		keptWritten += bytes.Count(p.Logs(), []byte("refresh outcome written after the store came back"))
+		// Also a pair whose first write landed on the promoted node before
+		// a replica could acknowledge it: the retry finds it written.
+		keptSuperseded += bytes.Count(p.Logs(), []byte("kept pair superseded"))
+	}
+	t.Logf("cluster failover counts: customers %d (%d on the killed master); refreshes %d (%d before the kill); "+
+		"refresh tokens presented %d, presented twice %d (after an unknown outcome %d, after a known one %d), overlapping %d, "+
+		"answers undelivered %d, lost rotations %d, acknowledged pairs lost %d; refreshes in flight at the kill %d, forced refreshes of the killed master's customers %v, "+
+		"store errors %.0f, pairs kept in memory %d (written later %d, found written %d); "+
+		"app calls %d, failed %d (%d of killed-master customers) %v, window %v (kill to promotion %v, to rejoin %v); "+
 		"final forced refresh %v, states %v",
 		customers, onVictim, stats.Refreshes, refreshesAtKill,
-		l.Presentations, l.Represented, l.Represented-l.RepresentedAfterKnown, l.RepresentedAfterKnown, l.Overlapping, l.Undelivered,
-		l.LostRotations, l.SPairsLost, calls, fails, byCode, window.Round(time.Millisecond),
+		l.Presentations-l.Represented, l.Represented, l.Represented-l.RepresentedAfterKnown, l.RepresentedAfterKnown, l.Overlapping,
+		l.Undelivered, l.LostRotations, l.SPairsLost, inFlightAtKill, forcedKill, storeErrors, kept, keptWritten, keptSuperseded,
+		calls, fails, failedOnVictim, byCode, window.Round(time.Millisecond),
 		failedOverAfter.Round(time.Millisecond), rejoinedAt.Sub(killAt).Round(time.Millisecond), forced, states)
 
 	// Exactly once (contract, "Never"): no presentation after a known
@@ -223,8 +288,14 @@ func TestClusterFailover(t *testing.T) {
 	if l.SPairsLost != 0 || ledgerBefore.SPairsLost != 0 {
 		t.Errorf("acknowledged pairs lost: %d (walletsim answered USED_REFRESH_TOKEN to a token whose S it had delivered)", l.SPairsLost)
 	}
-	if l.LostRotations > l.Undelivered {
-		t.Errorf("%d lost rotations but only %d undelivered answers", l.LostRotations, l.Undelivered)
+	if l.LostRotations > l.Undelivered || int64(stats.RefreshTokensReused) != l.LostRotations+l.SPairsLost {
+		t.Errorf("%d lost rotations, %d undelivered answers, %d USED_REFRESH_TOKEN answers: every USED must be a lost rotation after an undelivered answer",
+			l.LostRotations, l.Undelivered, stats.RefreshTokensReused)
+	}
+	// The refreshes caught by the kill: their pairs were kept and written.
+	if kept == 0 || keptWritten+keptSuperseded != kept {
+		t.Errorf("%d refreshed pairs kept in memory across the failover (want some: %d refreshes were in flight at the kill), %d written later, %d found written",
+			kept, inFlightAtKill, keptWritten, keptSuperseded)
 	}
 	// Every customer ends valid and refreshable, but one that lost a
 	// rotation (the contract's only allowed loss, counted above).
@@ -477,4 +548,39 @@ func doCtx(ctx context.Context, method, url, body string, hdr map[string]string)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, b, err
+}
+
+// metricPrefixSum adds up every series of the replicas' /metrics whose line
+// starts with prefix (a family and its opening brace: every label value).
+func metricPrefixSum(t *testing.T, prefix string, procs ...*proxyProc) float64 {
+	t.Helper()
+	sum := 0.0
+	for _, p := range procs {
+		status, body, _ := do(t, "GET", p.ops+"/metrics", "", nil)
+		if status != 200 {
+			t.Fatalf("metrics of %s: %d", p.ops, status)
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if !strings.HasPrefix(line, prefix) {
+				continue
+			}
+			f := strings.Fields(line)
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			sum += v
+		}
+	}
+	return sum
+}
+
+// simDo makes a walletsim control call (faults) and fails the test unless
+// it succeeds.
+func simDo(t *testing.T, method, url, body string) {
+	t.Helper()
+	status, b, err := tryDo(method, url, body, nil)
+	if err != nil || status/100 != 2 {
+		t.Fatalf("%s %s: %d %v %s", method, url, status, err, b)
+	}
 }
