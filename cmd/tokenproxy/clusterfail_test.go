@@ -259,14 +259,21 @@ func TestClusterFailover(t *testing.T) {
 	// and refreshed pairs the store could not take at once (kept in
 	// memory, served from there and written when it answered again).
 	storeErrors := metricPrefixSum(t, "tokenproxy_store_errors_total{", procs...)
-	kept, keptWritten, keptSuperseded := 0, 0, 0
-	for _, p := range procs {
-		kept += bytes.Count(p.Logs(), []byte("refreshed pair kept in memory"))
-		keptWritten += bytes.Count(p.Logs(), []byte("refresh outcome written after the store came back"))
-		// Also a pair whose first write landed on the promoted node before
-		// a replica could acknowledge it: the retry finds it written.
-		keptSuperseded += bytes.Count(p.Logs(), []byte("kept pair superseded"))
+	var kept, keptWritten, keptSuperseded int
+	countKept := func() bool {
+		kept, keptWritten, keptSuperseded = 0, 0, 0
+		for _, p := range procs {
+			kept += bytes.Count(p.Logs(), []byte("refreshed pair kept in memory"))
+			keptWritten += bytes.Count(p.Logs(), []byte("refresh outcome written after the store came back"))
+			// Also a pair whose first write landed on the promoted node
+			// before a replica could acknowledge it: the retry finds it
+			// written.
+			keptSuperseded += bytes.Count(p.Logs(), []byte("kept pair superseded"))
+		}
+		return keptWritten+keptSuperseded >= kept
 	}
+	// Retried every second at most: long done, but a log line may lag.
+	waitFor(t, 30*time.Second, "every kept pair written", countKept)
 	t.Logf("cluster failover counts: customers %d (%d on the killed master); refreshes %d (%d before the kill); "+
 		"refresh tokens presented %d, presented twice %d (after an unknown outcome %d, after a known one %d), overlapping %d, "+
 		"answers undelivered %d, lost rotations %d, acknowledged pairs lost %d; refreshes in flight at the kill %d, forced refreshes of the killed master's customers %v, "+
