@@ -887,8 +887,8 @@ func (r *result) rows() [][2]string {
 	}
 	rows = append(rows, [2]string{"wallet refresh calls/s", rate})
 	if d := r.idleDelta; d.span > 0 {
-		rows = append(rows, [2]string{"idle scheduler (nothing due)", fmt.Sprintf("%.1f Redis commands/s per replica over %s (%d replicas, %d refreshes in it; %s per second in all); Redis CPU %.1f %%",
-			float64(d.total)/d.span.Seconds()/float64(c.replicas), round(d.span), c.replicas, d.refreshes, d.byCommand(d.span.Seconds()), 100*d.redisCPU/d.span.Seconds())})
+		rows = append(rows, [2]string{"idle scheduler (nothing due)", fmt.Sprintf("%.1f Redis commands/s per replica over %s (%d replicas, %d refreshes in it; %s per second in all); Redis CPU %.1f %%, tokenproxy CPU %.1f %% (both replicas)",
+			float64(d.total)/d.span.Seconds()/float64(c.replicas), round(d.span), c.replicas, d.refreshes, d.byCommand(d.span.Seconds()), 100*d.redisCPU/d.span.Seconds(), 100*d.proxyCPU/d.span.Seconds())})
 	}
 
 	var procSum, metSum float64
