@@ -105,7 +105,7 @@ func (r *Refresher) scheduled(ctx context.Context, id string) {
 	if r.idle(ctx, rec) {
 		return
 	}
-	if _, err := r.refresh(ctx, id, TriggerScheduled, r.notDue); err != nil {
+	if _, err := r.refreshFrom(ctx, id, TriggerScheduled, r.notDue, rec); err != nil {
 		r.log.Info("scheduled refresh failed", "customer", id, "err", err)
 	}
 }
