@@ -28,7 +28,9 @@ import (
 // (nonce||ciphertext) instead of format 1's unpadded base64 of them: 31
 // bytes less per 64-character token. Everything else is as in format 1,
 // which this release still reads (formatVersion1); a record is written in
-// format 2 the next time it is written.
+// format 2 the next time it is written. Releases before it read format 1
+// only: during a rolling upgrade from one, a customer an upgraded replica
+// wrote is refused as corrupt by the old replicas until they are replaced.
 const formatVersion = "2"
 
 // formatVersion1 is the previous format, still read: sealed values in
