@@ -22,9 +22,10 @@ import (
 // capacity = fill × fleet rate × 10 s, the fleet rate being RefreshRate ×
 // the replicas alive (counted by heartbeats in the same store). A token is
 // planned into the latest slot with room between now and its fixed-lead
-// due time: most tokens keep their fixed lead, and a wave too large for it
-// starts earlier, spread evenly at the fleet's rate (earliest deadline
-// first with look-ahead). When no slot before the fixed-lead time has
+// due time: a token whose own slot has room keeps its fixed-lead time
+// exactly, and one planned into an earlier slot gets a random point of
+// it, so that a wave too large for the fixed lead starts earlier, spread
+// evenly at the fleet's rate (earliest deadline first with look-ahead). When no slot before the fixed-lead time has
 // room, the refresh is due at once (at its fixed-lead time when that has
 // passed, so the backlog is served earliest expiry first), and it counts
 // in tokenproxy_refresh_plan_shortfall_total and a warn log.
@@ -132,7 +133,11 @@ func (p *Planner) Plan(ctx context.Context, now, expiry time.Time) time.Time {
 		// that the backlog is served earliest expiry first.
 		return minTime(now, expiry.Add(-p.cfg.Before-p.cfg.Jitter))
 	}
-	// A random point of the slot, within [now, want].
+	if slot == hi {
+		// Room where the fixed lead (and its jitter) put it: unchanged.
+		return want
+	}
+	// Pulled earlier: a random point of the slot, within [now, want].
 	from := maxTime(slotStart(slot), now)
 	to := minTime(slotStart(slot+1), want)
 	if !to.After(from) {

@@ -80,10 +80,18 @@ func TestPlanKeepsTheFixedLeadWithoutAWave(t *testing.T) {
 	exp := planT0.Add(time.Hour)
 	for i := range 80 {
 		got := f.p.Plan(context.Background(), planT0, exp)
-		// The latest slot before the fixed lead, which has room for all 80.
-		if want := exp.Add(-5 * time.Minute); got.After(want) || got.Before(want.Add(-10*time.Second)) {
-			t.Fatalf("refresh %d due %s before expiry, want within 10 s before the 5m lead", i, exp.Sub(got))
+		// Its own slot has room for all 80: the fixed lead, exactly.
+		if want := exp.Add(-5 * time.Minute); !got.Equal(want) {
+			t.Fatalf("refresh %d due %s before expiry, want the 5m lead", i, exp.Sub(got))
 		}
+	}
+	// A token living less than a slot, planned mid-slot, is not due
+	// before its fixed-lead time either (a random point of its slot could
+	// be right away, while its caller is still active).
+	short := newPlan(t, 0, 0)
+	now := planT0.Add(3 * time.Second)
+	if got := short.p.Plan(context.Background(), now, now.Add(5*time.Second)); !got.Equal(now.Add(5 * time.Second)) {
+		t.Fatalf("5 s token with no lead due %s after now, want at its expiry", got.Sub(now))
 	}
 	if n := testutil.ToFloat64(f.shortfall); n != 0 {
 		t.Fatalf("shortfall %v", n)
