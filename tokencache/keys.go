@@ -15,6 +15,18 @@ import (
 //	<prefix>{b<N>}:due               the bucket's schedule (a sorted set: customer id
 //	                                 scored by NextRefresh in Unix milliseconds)
 //
+// and, outside the bucket slots, keys written after a record's write from
+// Go (best effort: see redis_hint.go):
+//
+//	<prefix>sched                the schedule hint (a sorted set: bucket number scored
+//	                             by the earliest NextRefresh it may hold, in Unix ms)
+//	<prefix>{census}:at          active customers scored by access token expiry (ms)
+//	<prefix>{census}:ra          reauthorization_required customers (score 0)
+//	<prefix>{census}:lease       customers with a lease, scored by its end (ms)
+//	<prefix>{census}:gone        customers scored by when their record is forgotten (ms)
+//
+// (the census sets share one slot, so that one script counts them).
+//
 // and one key-less name, the pub/sub channel <prefix>done.
 
 // DefaultKeyPrefix is the key prefix when RedisConfig.Prefix is empty.
@@ -66,3 +78,18 @@ func (s *Redis) DueKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "
 // DoneChannel is the pub/sub channel on which every completed refresh, Put
 // and Delete publishes the customer id.
 func (s *Redis) DoneChannel() string { return s.prefix + "done" }
+
+// SchedKey is the schedule hint: a sorted set of bucket numbers scored by
+// the earliest NextRefresh (Unix ms) the bucket may hold. It is a hint,
+// never later than the truth while its writers live (see redis_hint.go).
+func (s *Redis) SchedKey() string { return s.prefix + "sched" }
+
+// censusKey is one of the census sets (see the key layout above).
+func (s *Redis) censusKey(kind string) string { return s.prefix + "{census}:" + kind }
+
+// GlobalKeys are the keys outside the bucket slots (the schedule hint, the
+// census sets and the census backfill's marker); they hold bucket numbers,
+// customer ids and times, never a token.
+func (s *Redis) GlobalKeys() []string {
+	return []string{s.SchedKey(), s.censusKey("at"), s.censusKey("ra"), s.censusKey("lease"), s.censusKey("gone"), s.censusBuiltKey()}
+}

@@ -35,6 +35,7 @@ type Memory struct {
 	now     func() time.Time
 	buckets int
 	hub     watchHub
+	inv     invalidators
 
 	mu        sync.Mutex
 	entries   map[string]*Entry // each a private copy, replaced on write
@@ -54,7 +55,9 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	if buckets <= 0 {
 		buckets = DefaultBuckets
 	}
-	return &Memory{now: now, buckets: buckets, entries: make(map[string]*Entry), due: newMemDue(buckets)}
+	m := &Memory{now: now, buckets: buckets, entries: make(map[string]*Entry), due: newMemDue(buckets)}
+	m.inv.hearing = true // every write tells its listeners itself
+	return m
 }
 
 // memRefreshTokenHash is the memory store's RefreshTokenHash: unkeyed,
@@ -115,6 +118,9 @@ func (m *Memory) Update(ctx context.Context, customerID string, d Decision) erro
 	m.due.set(customerID, Bucket(customerID, m.buckets), nr)
 	if changed(cur, &next) {
 		m.hub.notify(customerID) // never blocks
+		// Under the lock: no Get returns the new record before the
+		// listeners have dropped the old one.
+		m.inv.changed(customerID)
 	}
 	return err
 }
@@ -179,6 +185,10 @@ func (m *Memory) Close() error { return nil }
 func (m *Memory) Watch(customerID string) (<-chan struct{}, func()) {
 	return m.hub.add(customerID)
 }
+
+// Invalidations registers l for every change of a record, told by the
+// write itself (under the store's lock); see Invalidations.
+func (m *Memory) Invalidations(l InvalidationListener) func() { return m.inv.add(l) }
 
 // Due lists the customers due for refresh; see Store.Due. It costs
 // O(limit log limit) per bucket, whatever the number of customers.

@@ -130,15 +130,24 @@ func (s *Redis) Update(ctx context.Context, customerID string, d Decision) error
 		if err != nil {
 			return fmt.Errorf("%s: %w", op, err)
 		}
+		publish := changed(cur, &next)
 		args = append([]any{vals[fVer], ver, now.ms, maxDecisionAge.Milliseconds(), unixMilli(next.Expires),
-			dueScore(&next), customerID, s.channelIf(changed(cur, &next))}, args...)
+			dueScore(&next), customerID, s.channelIf(publish)}, args...)
+		if publish {
+			s.inv.expectEcho(customerID)
+		}
 		r, err := s.run(ctx, op, casScript, keys, args)
+		if publish && r != "ok" {
+			s.inv.noEcho(customerID)
+		}
 		if r == nil {
 			return err
 		}
 		if r == "ok" {
-			if changed(cur, &next) {
-				s.hub.notify(customerID) // local waiters need not wait for pub/sub
+			s.afterWrite(ctx, customerID, cur, &next)
+			if publish {
+				s.hub.notify(customerID)  // local waiters need not wait for pub/sub
+				s.inv.changed(customerID) // nor this replica's copies
 			}
 			return errors.Join(err, result)
 		}

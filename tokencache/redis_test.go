@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -407,6 +408,9 @@ func TestRedisKeyLayout(t *testing.T) {
 
 	// Every key in Redis is one of those, with the customer's tag.
 	for _, kv := range r.Dump(t) {
+		if slices.Contains(s.GlobalKeys(), kv.Key) {
+			continue // outside the bucket slots by design (keys.go)
+		}
 		if !strings.HasPrefix(kv.Key, "tokenproxy:{b") {
 			t.Errorf("unexpected key %q", kv.Key)
 		}

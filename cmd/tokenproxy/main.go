@@ -231,6 +231,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}()
 	go func() {
 		defer func() { bgDone <- struct{}{} }()
+		backfillCensus(bgCtx, store, log)
 		ref.Run(bgCtx)
 	}()
 
