@@ -46,7 +46,7 @@ type l1 struct {
 	max     int
 	now     func() time.Time
 	seed    maphash.Seed
-	nshards uint64 // shards in use: one for small limits, so the count is exact
+	nshards uint64        // shards in use: one for small limits, so the count is exact
 	hearing atomic.Bool   // the store hears changes (its last Reset said so)
 	epoch   atomic.Uint64 // moves on at every Reset
 	stripes [l1Stripes]atomic.Uint64
