@@ -151,6 +151,7 @@ type Refresher struct {
 	stopL1  func() // unregisters cache from the store's invalidations
 	pending *pendingWrites
 	flights singleflight.Group
+	reads   singleflight.Group // app calls missing L1 for one customer share one store read
 	slots   chan struct{} // worker slots for background and scheduled refreshes
 
 	mu       sync.Mutex
@@ -454,7 +455,24 @@ func (r *Refresher) loadForCall(ctx context.Context, customerID string) (*tokenc
 	if rec, ok := r.cache.fresh(customerID); ok {
 		return rec, nil
 	}
-	return r.load(ctx, customerID)
+	// Callers that miss together (a cold L1, a customer just invalidated)
+	// share one read, detached from the first caller's deadline; each
+	// waits at most until its own ctx ends, and gets its own copy.
+	ch := r.reads.DoChan(customerID, func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
+		defer cancel()
+		return r.load(rctx, customerID)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		rec := *res.Val.(*tokencache.Record)
+		return &rec, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("read customer: %w: %w", tokencache.ErrUnavailable, ctx.Err())
+	}
 }
 
 // load reads the record: a pair not yet written to the store (it was down)
