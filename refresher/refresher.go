@@ -152,7 +152,7 @@ type Refresher struct {
 	pending *pendingWrites
 	flights singleflight.Group
 	reads   singleflight.Group // app calls missing L1 for one customer share one store read
-	slots   chan struct{} // worker slots for background and scheduled refreshes
+	slots   chan struct{}      // worker slots for background and scheduled refreshes
 
 	mu       sync.Mutex
 	inflight map[string]int
