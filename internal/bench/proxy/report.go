@@ -178,8 +178,11 @@ func (rep *report) print(w io.Writer) {
 				// subscription's heartbeat, the scheduler's hint reads and
 				// checks.
 				reads := r.redisBy["hgetall"]
+				// A paused (SIGSTOPped) tokenproxy misses its heartbeat: on
+				// resuming it distrusts its L1 and reads the record once.
 				fmt.Fprintf(w, "| 0 Redis commands per cached call | %s | %.4f per call, of which record reads %.4f | %s |\n", gw, r.redis, reads,
-					verdict(reads == 0, fmt.Sprintf("no record read; the rest, %.1f/s, is the replica's background (ping, heartbeat, schedule hint)", (r.redis-reads)*r.rate)))
+					verdict(reads == 0, fmt.Sprintf("record reads: %.1f per phase, after the pause between phases; the rest, %.1f/s, is the replica's background: ping, heartbeat, schedule hint",
+						reads*r.rate*c.duration.Seconds(), (r.redis-reads)*r.rate)))
 			}
 			if g.wallet == "https" {
 				fmt.Fprintf(w, "| 0 TLS handshakes per 1,000 calls at steady state | %s (%s) | %.2f | %s |\n", gw, v.name, r.handshakes, verdict(r.handshakes == 0, "after the warm-up"))
