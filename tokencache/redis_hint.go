@@ -197,7 +197,12 @@ func (s *Redis) SweepDue(ctx context.Context, buckets []int, limit int) ([]DueEn
 		}
 	}
 	if len(hints) > 0 {
-		if err := s.client.ZAddLT(context.WithoutCancel(ctx), s.SchedKey(), hints...).Err(); err != nil {
+		// Even when the caller gives up now: a hint removed above and not
+		// put back waits for the full check.
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), followUpTimeout)
+		err := s.client.ZAddLT(hctx, s.SchedKey(), hints...).Err()
+		cancel()
+		if err != nil {
 			first = cmp(first, err)
 		}
 	}
