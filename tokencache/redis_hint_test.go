@@ -65,9 +65,23 @@ func contains(bs []int, b int) bool {
 	return false
 }
 
+// TestRedisScheduleHint: the hint names the buckets with due entries, a
+// sweep keeps it there while they are due and moves it past now once none
+// is, an emptied bucket loses it, and a lost hint is found by CheckHints;
+// the census counts from its sets. Standalone and in a Cluster (the hint,
+// the census sets and the buckets in different slots).
 func TestRedisScheduleHint(t *testing.T) {
-	r := testenv.StartRedis(t)
-	client := newClient(t, r.URL)
+	t.Run("standalone", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		testScheduleHint(t, newClient(t, r.URL))
+	})
+	t.Run("cluster", func(t *testing.T) {
+		r := startCluster(t)
+		testScheduleHint(t, newClusterClient(t, r.Addr))
+	})
+}
+
+func testScheduleHint(t *testing.T, client redis.UniversalClient) {
 	s := newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: mustKeyring(t, newKey(t)), Buckets: 64})
 	ctx := ctxTimeout(t, 30*time.Second)
 	if ok, err := s.HintsExist(ctx); err != nil || ok {
@@ -143,6 +157,9 @@ func TestRedisScheduleHint(t *testing.T) {
 		t.Fatalf("the full check did not restore the lost hint: %v", hinted)
 	}
 	checkHintInvariant(t, client, s)
+	if c, err := s.Census(ctx); err != nil || c != (tokencache.Census{Valid: 2}) {
+		t.Fatalf("census %+v %v, want 2 valid", c, err)
+	}
 }
 
 // TestRedisScheduleHintRace: writers rescheduling customers (some due, some
