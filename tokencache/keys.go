@@ -14,8 +14,16 @@ import (
 //	                                 intent, journal; after Delete the tombstone)
 //	<prefix>{b<N>}:due               the bucket's schedule (a sorted set: customer id
 //	                                 scored by NextRefresh in Unix milliseconds)
+//	<prefix>{b<N>}:idx:active        the bucket's active customers (sorted set, score 0)
+//	<prefix>{b<N>}:idx:reauth        its reauthorization_required customers (idem)
+//	<prefix>{b<N>}:ev:out            the bucket's event outbox (a list, oldest first)
+//	<prefix>{b<N>}:ev:rtx            its refresh token expiry schedule (a sorted set:
+//	                                 customer id scored by the expiry in Unix ms)
+//	<prefix>{b<N>}:ev:lease          the delivery lease of its outbox (a string: the fence)
 //
-// and one key-less name, the pub/sub channel <prefix>done.
+// outside the slots <prefix>ev:hint (a sorted set: bucket numbers scored by
+// when a deliverer should look, Unix ms), and one key-less name, the
+// pub/sub channel <prefix>done.
 
 // DefaultKeyPrefix is the key prefix when RedisConfig.Prefix is empty.
 const DefaultKeyPrefix = "tokenproxy:"
@@ -66,3 +74,20 @@ func (s *Redis) DueKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "
 // DoneChannel is the pub/sub channel on which every completed refresh, Put
 // and Delete publishes the customer id.
 func (s *Redis) DoneChannel() string { return s.prefix + "done" }
+
+// IndexKey is the key of one of the bucket's state indexes.
+func (s *Redis) IndexKey(bucket int, idx Index) string {
+	return s.BucketKeyPrefix(bucket) + "idx:" + string(idx)
+}
+
+// OutboxKey is the key of the bucket's event outbox.
+func (s *Redis) OutboxKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "ev:out" }
+
+// ExpiryKey is the key of the bucket's refresh token expiry schedule.
+func (s *Redis) ExpiryKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "ev:rtx" }
+
+// EventsLeaseKey is the key of the bucket's delivery lease.
+func (s *Redis) EventsLeaseKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "ev:lease" }
+
+// EventsHintKey is the key of the hint naming buckets with events work.
+func (s *Redis) EventsHintKey() string { return s.prefix + "ev:hint" }

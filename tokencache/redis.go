@@ -77,6 +77,8 @@ type RedisConfig struct {
 	// Buckets is the number of schedule buckets; DefaultBuckets when zero.
 	// Every replica sharing a store must use the same value.
 	Buckets int
+	// Events turns the re-authorization events' outbox on (events.go).
+	Events EventsConfig
 }
 
 // Redis is a Store in Redis, shared by every replica that uses the same
@@ -97,6 +99,7 @@ type Redis struct {
 	// rthKeys are the HMAC keys of RefreshTokenHash, one per keyring
 	// key; the first (the sealing key's) names new tokens.
 	rthKeys [][]byte
+	events  EventsConfig
 
 	hub watchHub
 	sub redisSub
@@ -147,6 +150,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		waitReplicas: cfg.WaitReplicas,
 		buckets:      buckets,
 		rthKeys:      rthKeys,
+		events:       cfg.Events,
 	}, nil
 }
 
