@@ -354,6 +354,7 @@ func (d *Deliverer) renew(ctx context.Context, cancel context.CancelFunc, bucket
 // reports whether the bucket's next event may follow now.
 func (d *Deliverer) deliver(ctx context.Context, bucket int, fence string, ev *tokencache.Event) bool {
 	typ := string(ev.Type)
+	d.log.Debug("delivering event", "event_id", ev.ID, "type", typ, "bucket", bucket)
 	err := d.post(ctx, ev)
 	if err == nil {
 		d.cfg.Metrics.total.WithLabelValues(typ, "delivered").Inc()
