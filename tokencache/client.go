@@ -1,10 +1,13 @@
 package tokencache
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -101,7 +104,7 @@ func NewRedisClient(o RedisOptions) (redis.UniversalClient, error) {
 	}
 	// With a master name the addresses are Sentinels; without, even one
 	// address is a Cluster seed (the contract), never a single node.
-	return redis.NewUniversalClient(&redis.UniversalOptions{
+	c := redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:                 o.Addrs,
 		MasterName:            o.MasterName,
 		IsClusterMode:         o.MasterName == "",
@@ -113,7 +116,67 @@ func NewRedisClient(o RedisOptions) (redis.UniversalClient, error) {
 		ReadTimeout:           ioTimeout,
 		WriteTimeout:          ioTimeout,
 		ContextTimeoutEnabled: true,
-	}), nil
+	})
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		cc.AddHook(slotReloadHook{cc})
+	}
+	return c, nil
+}
+
+// slotReloadHook makes a Cluster client re-read the slot map as soon as a
+// command fails the way a failover makes it fail (see needsSlotReload).
+// go-redis alone re-reads it on MOVED and once a minute
+// (ClusterStateReloadInterval); a master that died and does not come back
+// on its address answers no MOVED, so its slots stayed unreachable for up
+// to a minute after its replica took over. ReloadState is asynchronous and
+// coalesced (one CLUSTER SLOTS at a time, at most about every 200 ms), so
+// a burst of failures costs a few commands.
+type slotReloadHook struct{ c *redis.ClusterClient }
+
+func (h slotReloadHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h slotReloadHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if needsSlotReload(err) {
+			h.c.ReloadState(ctx)
+		}
+		return err
+	}
+}
+
+func (h slotReloadHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		reload := needsSlotReload(err)
+		for _, cmd := range cmds {
+			reload = reload || needsSlotReload(cmd.Err())
+		}
+		if reload {
+			h.c.ReloadState(ctx)
+		}
+		return err
+	}
+}
+
+// needsSlotReload reports whether err says the node that was asked may no
+// longer serve the slot: the connection refused, cut or timed out, or a
+// reply of a cluster in change (MOVED, CLUSTERDOWN, TRYAGAIN, MASTERDOWN,
+// READONLY from a master turned replica). Errors of the command itself
+// (a script's, redis.Nil, a failed transaction) and a caller's cancelled
+// context do not.
+func needsSlotReload(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	if _, moved := redis.IsMovedError(err); moved {
+		return true
+	}
+	if redis.IsClusterDownError(err) || redis.IsTryAgainError(err) || redis.IsMasterDownError(err) || redis.IsReadOnlyError(err) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // parseURL wraps redis.ParseURL without ever echoing the URL: its errors

@@ -185,11 +185,12 @@ func (s *Redis) run(ctx context.Context, op string, script *redis.Script, keys [
 		if err != nil {
 			return nil, unavailable(op, err)
 		}
-		// A node's own connection does not follow redirections; after a
-		// resharding, reload the slot map so that the next write goes to the
+		// A node's own connection does not follow redirections, and its
+		// errors bypass the Cluster client's hooks: after a resharding or a
+		// failover, reload the slot map so that the next write goes to the
 		// new owner.
 		defer func() {
-			if err != nil && (redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK")) {
+			if err != nil && (needsSlotReload(err) || redis.HasErrorPrefix(err, "ASK")) {
 				c.ReloadState(ctx)
 			}
 		}()

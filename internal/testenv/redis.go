@@ -48,6 +48,14 @@ type Redis struct {
 // it is never skipped, so CI cannot pass without running these tests.
 func StartRedis(t testing.TB, extraArgs ...string) *Redis {
 	t.Helper()
+	return startRedis(t, func() []string { return extraArgs })
+}
+
+// startRedis is StartRedis with the extra arguments made anew for every
+// try, so that a try can pick other free ports of its own (a Cluster
+// node's bus port).
+func startRedis(t testing.TB, extraArgs func() []string) *Redis {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatal("redis-server not found: install it with `apt-get install -y redis-server`")
@@ -69,7 +77,7 @@ func StartRedis(t testing.TB, extraArgs ...string) *Redis {
 			"--appendonly", "no",
 			"--dir", dir,
 			"--daemonize", "no",
-		}, extraArgs...)
+		}, extraArgs()...)
 		log, err := r.start()
 		if err == nil {
 			return r

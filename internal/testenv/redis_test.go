@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,4 +139,51 @@ func containsValue(vals [][]byte, v string) bool {
 		}
 	}
 	return false
+}
+
+// TestClusterWithReplicasFailover: a 3-master + 3-replica cluster forms;
+// a key written with WAIT 1 survives a SIGKILL of its master, whose replica
+// takes over; the killed node, restarted, rejoins as a replica.
+func TestClusterWithReplicasFailover(t *testing.T) {
+	c := StartClusterWithReplicas(t, 3, 1)
+	if len(c.Nodes) != 6 || len(c.Seeds()) != 6 {
+		t.Fatalf("%d nodes, %d seeds; want 6", len(c.Nodes), len(c.Seeds()))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const key = "{failover}:k"
+	old := c.Master(key)
+	if i := slices.Index(c.Nodes, old); i < 0 || i >= 3 {
+		t.Fatalf("master of %s is node %d, want one of the first three", key, i)
+	}
+	direct := c.client(old)
+	if err := direct.Set(ctx, key, "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := direct.Do(ctx, "wait", 1, 5000).Int(); err != nil || n != 1 {
+		t.Fatalf("WAIT 1: %d, %v", n, err)
+	}
+
+	oldPID := old.PID
+	old.Stop()
+	promoted := c.WaitFailover(old, key)
+	if promoted == old || c.Master(key) != promoted {
+		t.Fatalf("promoted %s, master %s, killed %s", promoted.Addr, c.Master(key).Addr, old.Addr)
+	}
+	if got, err := c.client(promoted).Get(ctx, key).Result(); err != nil || got != "v" {
+		t.Fatalf("after failover: GET = %q, %v; want the acknowledged write", got, err)
+	}
+
+	c.Restart(old)
+	if old.PID == oldPID {
+		t.Fatalf("restarted node kept pid %d", oldPID)
+	}
+	c.WaitHealthy()
+	if c.Master(key) != promoted {
+		t.Fatalf("after the restart the master of %s is %s, want %s", key, c.Master(key).Addr, promoted.Addr)
+	}
+	repl, err := c.client(old).Info(ctx, "replication").Result()
+	if err != nil || !strings.Contains(repl, "role:slave") {
+		t.Fatalf("restarted node: %v\n%s", err, repl)
+	}
 }
