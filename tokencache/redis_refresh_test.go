@@ -465,4 +465,18 @@ func TestRedisEvents(t *testing.T) {
 			return newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: keyring, Buckets: 4, Events: events})
 		})
 	})
+	// Three masters: a walk of the index and the probes go to several
+	// nodes in one pipeline.
+	t.Run("cluster of three", func(t *testing.T) {
+		cluster := testenv.StartClusterWithReplicas(t, 3, 0)
+		client, err := tokencache.NewRedisClient(tokencache.RedisOptions{Addrs: cluster.Seeds()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close() })
+		keyring := mustKeyring(t, newKey(t))
+		storetest.RunEvents(t, func(t *testing.T) storetest.EventStore {
+			return newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: keyring, Buckets: 8, Events: events})
+		})
+	})
 }
