@@ -156,6 +156,18 @@ func (m *Memory) EventsHint(ctx context.Context, bucket int, at time.Time) error
 	return nil
 }
 
+// EventsDefer names the bucket in the hint at until, whatever it named:
+// after a failed delivery nothing in the bucket can go before its head.
+func (m *Memory) EventsDefer(ctx context.Context, bucket int, until time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("events defer: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ev.hint[bucket] = storedTime(until)
+	return nil
+}
+
 // EventsRehint replaces the bucket's hint, if it still names was, by next
 // (zero: removes it). A hint written meanwhile stays.
 func (m *Memory) EventsRehint(ctx context.Context, bucket int, was, next time.Time) error {

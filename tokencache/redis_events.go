@@ -135,6 +135,16 @@ func (s *Redis) EventsHint(ctx context.Context, bucket int, at time.Time) error 
 	return nil
 }
 
+// EventsDefer names the bucket in the hint at until, whatever it named:
+// after a failed delivery nothing in the bucket can go before its head.
+func (s *Redis) EventsDefer(ctx context.Context, bucket int, until time.Time) error {
+	err := s.client.ZAdd(ctx, s.EventsHintKey(), redis.Z{Score: float64(until.UnixMilli()), Member: strconv.Itoa(bucket)}).Err()
+	if err != nil {
+		return unavailable("events defer", err)
+	}
+	return nil
+}
+
 // rehintScript replaces a hint entry still scored as read.
 //
 //	KEYS: hint; ARGV: bucket, score read, new score or "" (remove)

@@ -43,6 +43,7 @@ type Outbox interface {
 	EventsProbe(ctx context.Context, buckets []int) ([]tokencache.BucketProbe, error)
 	EventsHint(ctx context.Context, bucket int, at time.Time) error
 	EventsRehint(ctx context.Context, bucket int, was, next time.Time) error
+	EventsDefer(ctx context.Context, bucket int, until time.Time) error
 	EventsLease(ctx context.Context, bucket int, ttl time.Duration) (string, error)
 	EventsRenew(ctx context.Context, bucket int, fence string, ttl time.Duration) error
 	EventsRelease(ctx context.Context, bucket int, fence string) error
@@ -388,18 +389,11 @@ func (d *Deliverer) deliver(ctx context.Context, bucket int, fence string, ev *t
 	d.log.Warn("event delivery failed; retrying later", "event_id", ev.ID, "type", typ, "customer", ev.CustomerID,
 		"attempt", rs.attempts, "retry_in", wait.Round(time.Millisecond), "err", err)
 	// Tell the other replicas too: the hint names the bucket again only
-	// after the backoff (a new event written meanwhile names it sooner).
+	// after the backoff (a new event written meanwhile names it sooner,
+	// harmlessly: it waits behind the head).
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
 	defer cancel()
-	if hints, err := d.cfg.Outbox.EventsDue(sctx, now.Add(time.Hour), hintBatch); err == nil {
-		for _, h := range hints {
-			if h.Bucket == bucket {
-				_ = d.cfg.Outbox.EventsRehint(sctx, bucket, h.At, rs.next)
-				return false
-			}
-		}
-	}
-	_ = d.cfg.Outbox.EventsHint(sctx, bucket, rs.next)
+	_ = d.cfg.Outbox.EventsDefer(sctx, bucket, rs.next)
 	return false
 }
 

@@ -22,6 +22,7 @@ type EventStore interface {
 	EventsProbe(ctx context.Context, buckets []int) ([]tokencache.BucketProbe, error)
 	EventsHint(ctx context.Context, bucket int, at time.Time) error
 	EventsRehint(ctx context.Context, bucket int, was, next time.Time) error
+	EventsDefer(ctx context.Context, bucket int, until time.Time) error
 	EventsLease(ctx context.Context, bucket int, ttl time.Duration) (string, error)
 	EventsRenew(ctx context.Context, bucket int, fence string, ttl time.Duration) error
 	EventsRelease(ctx context.Context, bucket int, fence string) error
@@ -343,6 +344,17 @@ func testEventHint(t *testing.T, s EventStore) {
 	}
 	if err := s.EventsHint(ctx, b, later); err != nil { // later loses
 		t.Fatal(err)
+	}
+	// Defer moves it later, whatever it was.
+	if err := s.EventsDefer(ctx, b, later); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.EventsDue(ctx, now.Add(time.Minute), 100); len(d) != 0 {
+		t.Fatalf("hint not deferred: %v", d)
+	}
+	d, _ = s.EventsDue(ctx, later, 100)
+	if len(d) != 1 || !d[0].At.Equal(msTime(later)) {
+		t.Fatalf("deferred hint: %v, want %v", d, later)
 	}
 	if err := s.EventsRehint(ctx, b, d[0].At, time.Time{}); err != nil {
 		t.Fatal(err)
