@@ -241,7 +241,9 @@ func (m *Memory) leaseHeld(bucket int, fence string) bool {
 
 // EventsMoveExpiring moves up to max customers whose refresh token expires
 // within horizon of the store's now out of the bucket's expiry schedule
-// and into its outbox as refresh_token_expiring events, earliest first.
+// and into its outbox as refresh_token_expiring events, earliest first
+// (none for a token already expired). It returns how many left the
+// schedule.
 func (m *Memory) EventsMoveExpiring(ctx context.Context, bucket int, horizon time.Duration, max int) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("move expiring: %w", err)
@@ -274,7 +276,9 @@ func (m *Memory) EventsMoveExpiring(ctx context.Context, bucket int, horizon tim
 			return 0, err
 		}
 		delete(m.ev.expiry[bucket], d.id)
-		m.ev.outbox[bucket] = append(m.ev.outbox[bucket], Event{ID: id, Type: EventRefreshTokenExpiring, CustomerID: d.id, Time: now})
+		if d.at.After(now) { // an expired one is not announced: its next refresh ends it
+			m.ev.outbox[bucket] = append(m.ev.outbox[bucket], Event{ID: id, Type: EventRefreshTokenExpiring, CustomerID: d.id, Time: now})
+		}
 	}
 	return len(found), nil
 }

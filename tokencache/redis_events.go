@@ -210,25 +210,34 @@ func (s *Redis) EventsRelease(ctx context.Context, bucket int, fence string) err
 }
 
 // moveExpiringScript moves due customers of a bucket's expiry schedule
-// into its outbox, earliest first, on the server's clock.
+// into its outbox, earliest first, on the server's clock; one whose refresh
+// token has already expired leaves the schedule without an event (it is
+// not expiring but expired: its next refresh attempt ends it, with a
+// reauthorization_required event).
 //
 //	KEYS: expiry schedule, outbox; ARGV: horizon ms, then one event id per
 //	customer that may be moved
 var moveExpiringScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now + tonumber(ARGV[1])), 'LIMIT', 0, #ARGV - 1)
-for i, id in ipairs(due) do
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now + tonumber(ARGV[1])), 'WITHSCORES', 'LIMIT', 0, #ARGV - 1)
+local moved = 0
+for i = 1, #due, 2 do
+  local id = due[i]
   redis.call('ZREM', KEYS[1], id)
-  redis.call('RPUSH', KEYS[2], '{"id":' .. cjson.encode(ARGV[i + 1]) .. ',"type":"refresh_token_expiring","customerId":' ..
-    cjson.encode(id) .. ',"reason":null,"at":' .. string.format('%d', now) .. '}')
+  if tonumber(due[i + 1]) > now then
+    moved = moved + 1
+    redis.call('RPUSH', KEYS[2], '{"id":' .. cjson.encode(ARGV[moved + 1]) .. ',"type":"refresh_token_expiring","customerId":' ..
+      cjson.encode(id) .. ',"reason":null,"at":' .. string.format('%d', now) .. '}')
+  end
 end
-return #due
+return #due / 2
 `)
 
 // EventsMoveExpiring moves up to max customers whose refresh token expires
 // within horizon of the server's now out of the bucket's expiry schedule
-// and into its outbox as refresh_token_expiring events, in one script.
+// and into its outbox as refresh_token_expiring events (none for a token
+// already expired), in one script. It returns how many left the schedule.
 func (s *Redis) EventsMoveExpiring(ctx context.Context, bucket int, horizon time.Duration, max int) (int, error) {
 	args := []any{horizon.Milliseconds()}
 	for range max {

@@ -247,12 +247,20 @@ func testEventExpiring(t *testing.T, s EventStore) {
 	mustComplete(t, s, l, tokencache.Outcome{Kind: tokencache.Rejected, Code: "INVALID_REFRESH_TOKEN"})
 	move(3*time.Hour, 0)
 	wantEvents(t, drain(t, s, "dave"), "reauthorization_required:dave:INVALID_REFRESH_TOKEN")
+	// An expiry already past leaves the schedule without an event.
+	rec = minimalRecord("dave")
+	rec.RefreshTokenExpiry = now.Add(-time.Minute)
+	tokencache.Put(ctx, s, rec)
+	wantEvents(t, drain(t, s, "dave"), "reauthorized:dave:")
+	move(3*time.Hour, 1)
+	move(3*time.Hour, 0)
+	wantEvents(t, drain(t, s, "dave"))
 	// No expiry: never scheduled.
 	if _, err := tokencache.Put(ctx, s, minimalRecord("dave")); err != nil {
 		t.Fatal(err)
 	}
 	move(1000*time.Hour, 0)
-	wantEvents(t, drain(t, s, "dave"), "reauthorized:dave:")
+	wantEvents(t, drain(t, s, "dave"))
 }
 
 func testEventLeaseAndAck(t *testing.T, s EventStore) {
