@@ -160,8 +160,10 @@ func TestEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	rcv := newEventReceiver(t, sp, secret)
+	// The delivery lease is REFRESH_LEASE (renewed every third of it): 3 s
+	// holds under load and lets the killed replica's lease lapse soon.
 	env := []string{"TOKENPROXY_EVENTS_URL=" + rcv.srv.URL + "/hooks/tokenproxy", "TOKENPROXY_EVENTS_SECRET_FILE=" + secretFile,
-		"TOKENPROXY_REFRESH_LEASE=2s"}
+		"TOKENPROXY_REFRESH_LEASE=3s"}
 	a := h.startProxy(env...)
 	b := h.startProxy(env...)
 	replicas := []*proxyProc{a, b}
