@@ -20,6 +20,8 @@ type MemoryConfig struct {
 	// Buckets is the number of schedule buckets; DefaultBuckets when zero
 	// or negative.
 	Buckets int
+	// Events turns the re-authorization events' outbox on (events.go).
+	Events EventsConfig
 }
 
 // Memory is a Store in process memory, for the quick start and for a single
@@ -41,6 +43,7 @@ type Memory struct {
 	entries   map[string]*Entry // each a private copy, replaced on write
 	lastSweep time.Time
 	due       memDue
+	ev        memEvents
 }
 
 var _ Store = (*Memory)(nil)
@@ -55,7 +58,8 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	if buckets <= 0 {
 		buckets = DefaultBuckets
 	}
-	m := &Memory{now: now, buckets: buckets, entries: make(map[string]*Entry), due: newMemDue(buckets)}
+	m := &Memory{now: now, buckets: buckets, entries: make(map[string]*Entry), due: newMemDue(buckets),
+		ev: newMemEvents(cfg.Events)}
 	m.inv.hearing = true // every write tells its listeners itself
 	return m
 }
@@ -106,6 +110,11 @@ func (m *Memory) Update(ctx context.Context, customerID string, d Decision) erro
 	if r := next.Record; recordWritten(cur, &next) && r.RefreshTokenHash == "" {
 		r.RefreshTokenHash = memRefreshTokenHash(customerID, r.RefreshToken)
 	}
+	events, eerr := m.ev.prepare(cur, &next, now)
+	if eerr != nil {
+		return fmt.Errorf("%s: %w", d.Op, eerr)
+	}
+	next.lostRotation = false
 	if next.Record == nil && next.Tombstone == 0 {
 		delete(m.entries, customerID)
 	} else {
@@ -115,7 +124,9 @@ func (m *Memory) Update(ctx context.Context, customerID string, d Decision) erro
 	if next.Record != nil {
 		nr = next.Record.NextRefresh
 	}
-	m.due.set(customerID, Bucket(customerID, m.buckets), nr)
+	bucket := Bucket(customerID, m.buckets)
+	m.due.set(customerID, bucket, nr)
+	m.ev.apply(customerID, bucket, cur, &next, events, now)
 	if changed(cur, &next) {
 		m.hub.notify(customerID) // never blocks
 		// Under the lock: no Get returns the new record before the

@@ -82,6 +82,8 @@ type RedisConfig struct {
 	// one not heard back by the next makes the store's invalidation
 	// listeners distrust what they hold. DefaultHeartbeatEvery when zero.
 	HeartbeatEvery time.Duration
+	// Events turns the re-authorization events' outbox on (events.go).
+	Events EventsConfig
 }
 
 // Redis is a Store in Redis, shared by every replica that uses the same
@@ -102,6 +104,7 @@ type Redis struct {
 	// rthKeys are the HMAC keys of RefreshTokenHash, one per keyring
 	// key; the first (the sealing key's) names new tokens.
 	rthKeys [][]byte
+	events  EventsConfig
 
 	heartbeatEvery time.Duration
 
@@ -161,6 +164,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		waitReplicas: cfg.WaitReplicas,
 		buckets:      buckets,
 		rthKeys:      rthKeys,
+		events:       cfg.Events,
 
 		heartbeatEvery: cfg.HeartbeatEvery,
 	}, nil

@@ -418,12 +418,12 @@ func TestRedisKeyLayout(t *testing.T) {
 		for _, id := range customers {
 			b := tokencache.Bucket(id, buckets)
 			switch kv.Key {
-			case s.RecordKey(id), s.DueKey(b):
+			case s.RecordKey(id), s.DueKey(b), s.IndexKey(b, tokencache.IndexActive), s.IndexKey(b, tokencache.IndexReauthorizationRequired):
 				found = true
 			}
 		}
 		if !found {
-			t.Errorf("key %q is not the record (or tombstone) or schedule of a customer", kv.Key)
+			t.Errorf("key %q is not the record (or tombstone), schedule or state index of a customer", kv.Key)
 		}
 	}
 	// The deleted customer's hash holds only its tombstone.
