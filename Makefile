@@ -121,7 +121,8 @@ soak: build check-redis
 	$(GO) run ./internal/soak -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim $(SOAK_FLAGS)
 
 # bench-go: the Go micro-benchmarks (the hot path's pieces: proxy's body
-# rewrite and handler, wallet's sign, verify and call; docs/benchmarks.md).
+# rewrite and handler, wallet's sign, verify and call, refresher's token
+# lookup from the L1 cache; docs/benchmarks.md).
 bench-go: check-go check-redis
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 

@@ -37,6 +37,9 @@ type Tokens interface {
 	// Handles returns the app's handles of a customer and the expiry
 	// times, without calling the wallet.
 	Handles(ctx context.Context, customerID string) (refresher.Handles, error)
+	// List returns one page of the customers in a state
+	// (refresher.ErrBadList for a bad state, limit or cursor).
+	List(ctx context.Context, state refresher.State, cursor string, limit int) (refresher.ListPage, error)
 }
 
 // Wallet signs, sends and verifies one wallet call. *wallet.Client

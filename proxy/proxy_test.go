@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -106,6 +107,15 @@ func (f *fakeTokens) Handles(context.Context, string) (refresher.Handles, error)
 
 func (f *fakeTokens) Refresh(ctx context.Context, id string) (refresher.Status, error) {
 	return f.Status(ctx, id)
+}
+
+// List answers one fixed page, and ErrBadList for the cursor "bad".
+func (f *fakeTokens) List(_ context.Context, state refresher.State, cursor string, limit int) (refresher.ListPage, error) {
+	if cursor == "bad" {
+		return refresher.ListPage{}, refresher.ErrBadList
+	}
+	next := fmt.Sprintf("%s/%d", state, limit)
+	return refresher.ListPage{Customers: []refresher.ListedCustomer{{CustomerID: "c1", State: state}}, NextCursor: &next}, nil
 }
 
 type fixture struct {

@@ -124,13 +124,14 @@ func (p *pendingWrites) writeAll(ctx context.Context) int {
 	left := 0
 	for _, w := range todo {
 		wctx, cancel := context.WithTimeout(ctx, storeWriteTimeout)
+		snap := p.r.cache.snapshot(w.lease.CustomerID)
 		gen, err := tokencache.Complete(wctx, p.r.cfg.Store, w.lease, w.outcome)
 		cancel()
 		switch {
 		case err == nil:
 			rec := *w.rec
 			rec.Generation = gen
-			p.r.cache.put(&rec)
+			p.r.cache.put(&rec, snap)
 			p.r.storeOK()
 			p.r.log.Info("refresh outcome written after the store came back", "customer", w.lease.CustomerID, "outcome", w.outcome.Kind)
 		case errors.Is(err, tokencache.ErrNotFound), errors.Is(err, tokencache.ErrConflict):

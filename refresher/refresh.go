@@ -261,6 +261,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 	}
 	wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
 	defer wcancel()
+	snap := r.cache.snapshot(rec.CustomerID)
 	gen, err := tokencache.Complete(wctx, r.cfg.Store, lease, o)
 	switch {
 	case err == nil:
@@ -294,7 +295,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 	case tokencache.Refreshed:
 		next := *o.Record
 		next.Generation = gen
-		r.cache.put(&next)
+		r.cache.put(&next, snap) // refused when the store announced the change (see Install)
 		r.log.Info("tokens refreshed", "customer", rec.CustomerID, "trigger", trigger,
 			"access_token_expiry", next.AccessTokenExpiry, "attempt", lease.Attempt)
 		return &next, nil

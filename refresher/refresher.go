@@ -102,6 +102,10 @@ type Config struct {
 	// recount of tokenproxy_tokens (default 30s).
 	ScheduleEvery time.Duration
 	CensusEvery   time.Duration
+	// FullCheckEvery is how long the scheduler takes to check the
+	// schedule hint of every bucket once, in small steps (default 5 min;
+	// only with a store that keeps a hint, see tokencache.DueHints).
+	FullCheckEvery time.Duration
 	// Plan, when set, keeps the fleet's refresh plan (both stores are
 	// tokencache.PlanBooks): refresh times are then chosen against the
 	// fleet's rate (plan.go); nil: a fixed lead (NextRefresh).
@@ -147,11 +151,13 @@ type Refresher struct {
 	now     func() time.Time
 	limiter *rate.Limiter
 	urgent  atomic.Int64 // refreshes with a caller waiting, queued for the rate limiter
-	cache   *recordCache
+	cache   *l1
+	stopL1  func() // unregisters cache from the store's invalidations
 	pending *pendingWrites
 	planner *Planner // nil: no plan
 	flights singleflight.Group
-	slots   chan struct{} // worker slots for background and scheduled refreshes
+	reads   singleflight.Group // app calls missing L1 for one customer share one store read
+	slots   chan struct{}      // worker slots for background and scheduled refreshes
 
 	mu       sync.Mutex
 	inflight map[string]int
@@ -200,6 +206,9 @@ func New(cfg Config) *Refresher {
 	if cfg.CensusEvery <= 0 {
 		cfg.CensusEvery = 30 * time.Second
 	}
+	if cfg.FullCheckEvery <= 0 {
+		cfg.FullCheckEvery = 5 * time.Minute
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	calls, cancelCalls := context.WithCancel(context.Background())
 	r := &Refresher{
@@ -209,7 +218,7 @@ func New(cfg Config) *Refresher {
 		log:         cfg.Logger.With("replica", cfg.Owner),
 		now:         cfg.Now,
 		limiter:     rate.NewLimiter(rate.Limit(cfg.RefreshRate), max(1, int(cfg.RefreshRate))),
-		cache:       newRecordCache(cfg.CacheMaxEntries),
+		cache:       newL1(cfg.CacheMaxEntries, cfg.Now),
 		slots:       make(chan struct{}, cfg.Workers),
 		inflight:    make(map[string]int),
 		ctx:         ctx,
@@ -221,6 +230,10 @@ func New(cfg Config) *Refresher {
 			Book: cfg.Plan, Before: cfg.RefreshBefore, Jitter: cfg.RefreshJitter, Rate: cfg.RefreshRate,
 			Shortfall: cfg.Metrics.planShortfall, Logger: r.log,
 		})
+	}
+	r.stopL1 = func() {}
+	if inv, ok := cfg.Store.(tokencache.Invalidations); ok {
+		r.stopL1 = inv.Invalidations(r.cache)
 	}
 	return r
 }
@@ -247,6 +260,7 @@ func (r *Refresher) Close() {
 	t.Stop()
 	r.cancelCalls()
 	r.pending.flush()
+	r.stopL1()
 }
 
 // Token returns a usable access token for the customer. A token that is
@@ -256,8 +270,11 @@ func (r *Refresher) Close() {
 // *CooldownError, a wallet error of the refresh (wallet.ErrTimeout,
 // wallet.ErrUnavailable, *wallet.Error, ...), or tokencache.ErrUnavailable
 // / *tokencache.SealError.
+//
+// A customer whose record this process holds fresh (see l1) is served
+// without reading the store.
 func (r *Refresher) Token(ctx context.Context, customerID string) (Token, error) {
-	rec, err := r.load(ctx, customerID)
+	rec, err := r.loadForCall(ctx, customerID)
 	if err != nil {
 		if errors.Is(err, ErrNotAuthorized) {
 			r.cfg.Metrics.lookups.WithLabelValues(lookupMiss).Inc()
@@ -298,6 +315,9 @@ func (r *Refresher) Rejected(ctx context.Context, tok Token) (Token, error) {
 	replaced := func(cur *tokencache.Record) bool {
 		return cur.AccessToken.Reveal() != tok.Value.Reveal() && r.now().Before(cur.AccessTokenExpiry)
 	}
+	// The rejected token is served no more: the next calls read the store
+	// until it holds what replaced it.
+	r.cache.reject(tok.CustomerID, tok.Generation, tok.Expiry)
 	rec, err := r.load(ctx, tok.CustomerID)
 	if err != nil {
 		return Token{}, err
@@ -328,6 +348,7 @@ type Exchange struct {
 func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
 	rec := NewRecord(ex, r.now(), r.cfg.RefreshBefore, r.cfg.RefreshJitter)
 	rec.NextRefresh = r.nextRefresh(ctx, rec.LastUsed, rec.AccessTokenExpiry)
+	snap := r.cache.snapshot(rec.CustomerID)
 	gen, err := tokencache.Put(ctx, r.cfg.Store, rec)
 	if err != nil {
 		r.storeFailed("put")
@@ -336,7 +357,10 @@ func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
 	r.storeOK()
 	rec.Generation = gen
 	r.pending.drop(rec.CustomerID)
-	r.cache.put(rec)
+	// A store that announces changes has announced this one too, so this
+	// put is refused and the next call reads the record back; a store that
+	// does not keeps it for outages only.
+	r.cache.put(rec, snap)
 	return nil
 }
 
@@ -434,6 +458,35 @@ func (r *Refresher) Ping(ctx context.Context) error {
 	return nil
 }
 
+// loadForCall is load for an app call: a record held fresh serves without
+// reading the store.
+func (r *Refresher) loadForCall(ctx context.Context, customerID string) (*tokencache.Record, error) {
+	if rec, ok := r.pending.get(customerID); ok {
+		return rec, nil
+	}
+	if rec, ok := r.cache.fresh(customerID); ok {
+		return rec, nil
+	}
+	// Callers that miss together (a cold L1, a customer just invalidated)
+	// share one read, detached from the first caller's deadline; each
+	// waits at most until its own ctx ends, and gets its own copy.
+	ch := r.reads.DoChan(customerID, func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeWriteTimeout)
+		defer cancel()
+		return r.load(rctx, customerID)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		rec := *res.Val.(*tokencache.Record)
+		return &rec, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("read customer: %w: %w", tokencache.ErrUnavailable, ctx.Err())
+	}
+}
+
 // load reads the record: a pair not yet written to the store (it was down)
 // comes first; when the store cannot be reached, the local copy serves if
 // it still holds a usable access token.
@@ -445,7 +498,7 @@ func (r *Refresher) load(ctx context.Context, customerID string) (*tokencache.Re
 	if err == nil || !errors.Is(err, tokencache.ErrUnavailable) {
 		return rec, err
 	}
-	if cached, ok := r.cache.get(customerID); ok && r.now().Before(cached.AccessTokenExpiry) &&
+	if cached, ok := r.cache.held(customerID); ok && r.now().Before(cached.AccessTokenExpiry) &&
 		cached.State != tokencache.StateReauthorizationRequired {
 		r.log.Warn("token store unavailable, serving the locally held token", "customer", customerID)
 		return cached, nil
@@ -454,11 +507,12 @@ func (r *Refresher) load(ctx context.Context, customerID string) (*tokencache.Re
 }
 
 func (r *Refresher) get(ctx context.Context, customerID string) (*tokencache.Record, error) {
+	snap := r.cache.snapshot(customerID)
 	rec, err := r.cfg.Store.Get(ctx, customerID)
 	switch {
 	case err == nil:
 		r.storeOK()
-		r.cache.put(rec)
+		r.cache.put(rec, snap)
 		return rec, nil
 	case errors.Is(err, tokencache.ErrNotFound):
 		r.storeOK()
@@ -471,16 +525,21 @@ func (r *Refresher) get(ctx context.Context, customerID string) (*tokencache.Rec
 }
 
 // touch records an app call for idle detection, at most once per quarter
-// of IdleAfter (and at most once a minute) per customer.
+// of IdleAfter (and at most once a minute) per customer and replica: the
+// copy held in l1 notes it, so calls served from there do not record it
+// again. It is one store write in the background, never on the call's
+// path.
 func (r *Refresher) touch(rec *tokencache.Record) {
 	if r.cfg.IdleAfter <= 0 {
 		return
 	}
 	every := min(r.cfg.IdleAfter/4, time.Minute)
-	if r.now().Sub(rec.LastUsed) < every {
+	now := r.now()
+	if now.Sub(rec.LastUsed) < every {
 		return
 	}
-	rec.LastUsed = r.now() // this copy: no second touch from it
+	rec.LastUsed = now // this copy: no second touch from it
+	r.cache.touched(rec.CustomerID, rec.Generation, now)
 	r.goBackground(func(ctx context.Context) {
 		if err := tokencache.Touch(ctx, r.cfg.Store, rec.CustomerID, every); err != nil {
 			r.log.Debug("could not record the app call", "customer", rec.CustomerID, "err", err)

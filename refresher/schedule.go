@@ -10,9 +10,11 @@ import (
 )
 
 // Run drives the proactive refresh until ctx ends: every ScheduleEvery it
-// asks the store which customers are due, over every bucket starting at a
-// random one (so replicas share the buckets fairly), and refreshes them in
-// worker slots, at most RefreshRate per second. It also recounts
+// asks the store which customers are due and refreshes them in worker
+// slots, at most RefreshRate per second. A store with a schedule hint
+// (tokencache.DueHints: Redis) is asked which buckets may have work, and
+// only those are read (see scheduleHinted); another (memory) is read over
+// every bucket starting at a random one. It also recounts
 // tokenproxy_tokens every CensusEvery. Replicas run it side by side: a
 // customer another replica has claimed is skipped.
 func (r *Refresher) Run(ctx context.Context) {
@@ -24,6 +26,11 @@ func (r *Refresher) Run(ctx context.Context) {
 	defer beat.Stop()
 	r.census(ctx)
 	r.beat(ctx)
+	hints, hinted := r.cfg.Store.(tokencache.DueHints)
+	var check *hintCheck
+	if hinted {
+		check = r.newHintCheck(ctx, hints)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -35,7 +42,12 @@ func (r *Refresher) Run(ctx context.Context) {
 		case <-beat.C:
 			r.beat(ctx)
 		case <-tick.C:
-			r.scheduleOnce(ctx)
+			if hinted {
+				r.scheduleHinted(ctx, hints)
+				check.step(ctx)
+			} else {
+				r.scheduleOnce(ctx)
+			}
 		}
 	}
 }
@@ -70,6 +82,110 @@ func (r *Refresher) scheduleOnce(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// hintedPerTick bounds the buckets one tick reads from the hint.
+const hintedPerTick = 4 * scheduleChunk
+
+// scheduleHinted is one tick with a schedule hint: one read of the hint,
+// then a sweep of only the buckets it names as due (in a random order, so
+// that replicas share them fairly), which also moves their hints. With
+// nothing due it costs one command.
+func (r *Refresher) scheduleHinted(ctx context.Context, h tokencache.DueHints) {
+	limit := max(int(r.cfg.RefreshRate*r.cfg.ScheduleEvery.Seconds())*2, 16)
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	buckets, err := h.HintedBuckets(hctx, time.Now(), hintedPerTick)
+	cancel()
+	if err != nil {
+		r.storeFailed("due")
+		r.log.Warn("could not read the schedule hint", "err", err)
+		return
+	}
+	rand.Shuffle(len(buckets), func(i, j int) { buckets[i], buckets[j] = buckets[j], buckets[i] })
+	for off := 0; off < len(buckets); off += scheduleChunk {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		due, err := h.SweepDue(dctx, buckets[off:min(off+scheduleChunk, len(buckets))], limit)
+		cancel()
+		if err != nil {
+			r.storeFailed("due")
+			r.log.Warn("could not read the schedule", "err", err)
+			return
+		}
+		for _, d := range due {
+			if r.refreshing(d.CustomerID) {
+				continue
+			}
+			if !r.schedule(ctx, d.CustomerID) {
+				return // every slot busy: the rest stays due (and hinted) for the next tick
+			}
+		}
+	}
+}
+
+// hintCheck is the safety net of the schedule hint: it walks every bucket
+// once per FullCheckEvery, in small steps spread over the ticks, and
+// lowers any hint that is missing or later than the bucket's earliest
+// entry (lost when a process died between a write and its hint).
+type hintCheck struct {
+	h     tokencache.DueHints
+	r     *Refresher
+	n     int
+	next  int     // the next bucket to check
+	owed  float64 // buckets owed to the walk, accrued each tick
+	every time.Duration
+}
+
+// hintCheckStep is how many buckets one step checks (one ZMSCORE and one
+// ZRANGE each).
+const hintCheckStep = 16
+
+// newHintCheck starts the walk at a random bucket. When the store has no
+// hint at all (a new store, or one written only by releases without
+// hints) it checks every bucket at once, so that nothing due waits for
+// the walk.
+func (r *Refresher) newHintCheck(ctx context.Context, h tokencache.DueHints) *hintCheck {
+	n := r.cfg.Store.Buckets()
+	c := &hintCheck{h: h, r: r, n: n, next: rand.N(max(n, 1)), every: r.cfg.FullCheckEvery}
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	exist, err := h.HintsExist(cctx)
+	if err != nil || exist {
+		return c
+	}
+	for off := 0; off < n; off += scheduleChunk {
+		if !c.check(cctx, scheduleChunk) {
+			break
+		}
+	}
+	return c
+}
+
+// step accrues one tick's share of the walk and checks a step's worth of
+// buckets when owed.
+func (c *hintCheck) step(ctx context.Context) {
+	c.owed += float64(c.n) * c.r.cfg.ScheduleEvery.Seconds() / c.every.Seconds()
+	if c.owed < hintCheckStep {
+		return
+	}
+	c.owed -= hintCheckStep
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c.check(cctx, hintCheckStep)
+}
+
+// check checks the next k buckets; false when the store failed.
+func (c *hintCheck) check(ctx context.Context, k int) bool {
+	buckets := make([]int, 0, k)
+	for i := range min(k, c.n) {
+		buckets = append(buckets, (c.next+i)%c.n)
+	}
+	if err := c.h.CheckHints(ctx, buckets); err != nil {
+		c.r.storeFailed("due")
+		c.r.log.Warn("could not check the schedule hint", "err", err)
+		return false
+	}
+	c.next = (c.next + len(buckets)) % c.n
+	return true
 }
 
 // schedule starts a scheduled refresh of one due customer in a worker slot,

@@ -14,8 +14,27 @@ import (
 //	                                 intent, journal; after Delete the tombstone)
 //	<prefix>{b<N>}:due               the bucket's schedule (a sorted set: customer id
 //	                                 scored by NextRefresh in Unix milliseconds)
+//	<prefix>{b<N>}:idx:active        the bucket's active customers (sorted set, score 0)
+//	<prefix>{b<N>}:idx:reauth        its reauthorization_required customers (idem)
+//	<prefix>{b<N>}:ev:out            the bucket's event outbox (a list, oldest first)
+//	<prefix>{b<N>}:ev:rtx            its refresh token expiry schedule (a sorted set:
+//	                                 customer id scored by the expiry in Unix ms)
+//	<prefix>{b<N>}:ev:lease          the delivery lease of its outbox (a string: the fence)
 //
-// and one key-less name, the pub/sub channel <prefix>done.
+// and, outside the bucket slots, keys written after a record's write from
+// Go (best effort: see redis_hint.go and events.go):
+//
+//	<prefix>sched                the schedule hint (a sorted set: bucket number scored
+//	                             by the earliest NextRefresh it may hold, in Unix ms)
+//	<prefix>ev:hint              the events hint (a sorted set: bucket numbers scored by
+//	                             when a deliverer should look, Unix ms)
+//	<prefix>{census}:at          active customers scored by access token expiry (ms)
+//	<prefix>{census}:ra          reauthorization_required customers (score 0)
+//	<prefix>{census}:lease       customers with a lease, scored by its end (ms)
+//	<prefix>{census}:gone        customers scored by when their record is forgotten (ms)
+//
+// (the census sets share one slot, so that one script counts them), and one
+// key-less name, the pub/sub channel <prefix>done.
 
 // DefaultKeyPrefix is the key prefix when RedisConfig.Prefix is empty.
 const DefaultKeyPrefix = "tokenproxy:"
@@ -66,3 +85,36 @@ func (s *Redis) DueKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "
 // DoneChannel is the pub/sub channel on which every completed refresh, Put
 // and Delete publishes the customer id.
 func (s *Redis) DoneChannel() string { return s.prefix + "done" }
+
+// IndexKey is the key of one of the bucket's state indexes.
+func (s *Redis) IndexKey(bucket int, idx Index) string {
+	return s.BucketKeyPrefix(bucket) + "idx:" + string(idx)
+}
+
+// OutboxKey is the key of the bucket's event outbox.
+func (s *Redis) OutboxKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "ev:out" }
+
+// ExpiryKey is the key of the bucket's refresh token expiry schedule.
+func (s *Redis) ExpiryKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "ev:rtx" }
+
+// EventsLeaseKey is the key of the bucket's delivery lease.
+func (s *Redis) EventsLeaseKey(bucket int) string { return s.BucketKeyPrefix(bucket) + "ev:lease" }
+
+// EventsHintKey is the key of the hint naming buckets with events work.
+func (s *Redis) EventsHintKey() string { return s.prefix + "ev:hint" }
+
+// SchedKey is the schedule hint: a sorted set of bucket numbers scored by
+// the earliest NextRefresh (Unix ms) the bucket may hold. It is a hint,
+// never later than the truth while its writers live (see redis_hint.go).
+func (s *Redis) SchedKey() string { return s.prefix + "sched" }
+
+// censusKey is one of the census sets (see the key layout above).
+func (s *Redis) censusKey(kind string) string { return s.prefix + "{census}:" + kind }
+
+// GlobalKeys are the keys outside the bucket slots (the schedule hint, the
+// census sets and the census backfill's marker, the events hint); they
+// hold bucket numbers, customer ids and times, never a token.
+func (s *Redis) GlobalKeys() []string {
+	return []string{s.SchedKey(), s.censusKey("at"), s.censusKey("ra"), s.censusKey("lease"), s.censusKey("gone"), s.censusBuiltKey(),
+		s.EventsHintKey()}
+}

@@ -20,6 +20,8 @@ type MemoryConfig struct {
 	// Buckets is the number of schedule buckets; DefaultBuckets when zero
 	// or negative.
 	Buckets int
+	// Events turns the re-authorization events' outbox on (events.go).
+	Events EventsConfig
 }
 
 // Memory is a Store in process memory, for the quick start and for a single
@@ -35,11 +37,13 @@ type Memory struct {
 	now     func() time.Time
 	buckets int
 	hub     watchHub
+	inv     invalidators
 
 	mu        sync.Mutex
 	entries   map[string]*Entry // each a private copy, replaced on write
 	lastSweep time.Time
 	due       memDue
+	ev        memEvents
 
 	plan memPlan // the refresh plan (plan.go), under its own lock
 }
@@ -56,7 +60,10 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	if buckets <= 0 {
 		buckets = DefaultBuckets
 	}
-	return &Memory{now: now, buckets: buckets, entries: make(map[string]*Entry), due: newMemDue(buckets)}
+	m := &Memory{now: now, buckets: buckets, entries: make(map[string]*Entry), due: newMemDue(buckets),
+		ev: newMemEvents(cfg.Events)}
+	m.inv.hearing = true // every write tells its listeners itself
+	return m
 }
 
 // memRefreshTokenHash is the memory store's RefreshTokenHash: unkeyed,
@@ -105,6 +112,11 @@ func (m *Memory) Update(ctx context.Context, customerID string, d Decision) erro
 	if r := next.Record; recordWritten(cur, &next) && r.RefreshTokenHash == "" {
 		r.RefreshTokenHash = memRefreshTokenHash(customerID, r.RefreshToken)
 	}
+	events, eerr := m.ev.prepare(cur, &next, now)
+	if eerr != nil {
+		return fmt.Errorf("%s: %w", d.Op, eerr)
+	}
+	next.lostRotation = false
 	if next.Record == nil && next.Tombstone == 0 {
 		delete(m.entries, customerID)
 	} else {
@@ -114,9 +126,14 @@ func (m *Memory) Update(ctx context.Context, customerID string, d Decision) erro
 	if next.Record != nil {
 		nr = next.Record.NextRefresh
 	}
-	m.due.set(customerID, Bucket(customerID, m.buckets), nr)
+	bucket := Bucket(customerID, m.buckets)
+	m.due.set(customerID, bucket, nr)
+	m.ev.apply(customerID, bucket, cur, &next, events, now)
 	if changed(cur, &next) {
 		m.hub.notify(customerID) // never blocks
+		// Under the lock: no Get returns the new record before the
+		// listeners have dropped the old one.
+		m.inv.changed(customerID)
 	}
 	return err
 }
@@ -181,6 +198,10 @@ func (m *Memory) Close() error { return nil }
 func (m *Memory) Watch(customerID string) (<-chan struct{}, func()) {
 	return m.hub.add(customerID)
 }
+
+// Invalidations registers l for every change of a record, told by the
+// write itself (under the store's lock); see Invalidations.
+func (m *Memory) Invalidations(l InvalidationListener) func() { return m.inv.add(l) }
 
 // Due lists the customers due for refresh; see Store.Due. It costs
 // O(limit log limit) per bucket, whatever the number of customers.

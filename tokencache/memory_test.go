@@ -161,3 +161,44 @@ func TestMemoryJournalExpiry(t *testing.T) {
 		t.Fatalf("Journal %+v still answering after its TTL", rec.Journal)
 	}
 }
+
+func TestMemoryEvents(t *testing.T) {
+	storetest.RunEvents(t, func(t *testing.T) storetest.EventStore {
+		return tokencache.NewMemory(tokencache.MemoryConfig{Buckets: 4,
+			Events: tokencache.EventsConfig{Enabled: true, ExpiryHorizon: storetest.EventsHorizon}})
+	})
+}
+
+// Without EventsConfig.Enabled nothing is recorded: no deliverer would
+// take it.
+func TestMemoryEventsOff(t *testing.T) {
+	m := tokencache.NewMemory(tokencache.MemoryConfig{Buckets: 1})
+	ctx := t.Context()
+	rec := storetest.FullRecord("c1")
+	rec.RefreshTokenExpiry = time.Now().Add(time.Minute)
+	gen, err := tokencache.Put(ctx, m, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tokencache.Claim(ctx, m, "c1", gen, "o", time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokencache.Complete(ctx, m, l, tokencache.Outcome{Kind: tokencache.Rejected, Code: "INVALID_REFRESH_TOKEN"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokencache.Put(ctx, m, rec); err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.EventsMoveExpiring(ctx, 0, time.Hour, 10)
+	head, herr := m.EventsHead(ctx, 0)
+	due, derr := m.EventsDue(ctx, time.Now().Add(time.Hour), 10)
+	if n != 0 || err != nil || head != nil || herr != nil || len(due) != 0 || derr != nil {
+		t.Fatalf("events recorded while off: moved %d (%v), head %+v (%v), hinted %v (%v)", n, err, head, herr, due, derr)
+	}
+	// The state index is kept either way.
+	page, _, _, err := m.List(ctx, tokencache.IndexActive, tokencache.Cursor{}, 10)
+	if err != nil || len(page) != 1 || !page[0].Found {
+		t.Fatalf("List: %+v, %v", page, err)
+	}
+}

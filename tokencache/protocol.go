@@ -50,6 +50,10 @@ type Entry struct {
 	Intent Intent
 	// Expires is when the store forgets the entry; zero: never.
 	Expires time.Time
+
+	// lostRotation is set (never stored) by a Complete that recorded a
+	// lost rotation, so that the write's event names it (deriveEvents).
+	lostRotation bool
 }
 
 // Hold is the live lease of an Entry.
@@ -521,6 +525,7 @@ func complete(e *Entry, now time.Time, l *Lease, o Outcome, fresh *Record) (int6
 	case o.Kind == Rejected:
 		rec.State, rec.LastError, rec.NextRefresh = StateReauthorizationRequired, o.Code, time.Time{}
 		e.Intent = Intent{}
+		e.lostRotation = l.Represent && o.Code == codeUsedRefreshToken
 	case rec.State == StateReauthorizationRequired:
 		// Refused or Unknown of a stale holder: the record stays terminal.
 	default:

@@ -89,6 +89,13 @@ type RedisConfig struct {
 	// Buckets is the number of schedule buckets; DefaultBuckets when zero.
 	// Every replica sharing a store must use the same value.
 	Buckets int
+	// HeartbeatEvery is how often the subscription behind Watch and
+	// Invalidations publishes a heartbeat to itself (one PUBLISH each);
+	// one not heard back by the next makes the store's invalidation
+	// listeners distrust what they hold. DefaultHeartbeatEvery when zero.
+	HeartbeatEvery time.Duration
+	// Events turns the re-authorization events' outbox on (events.go).
+	Events EventsConfig
 }
 
 // Redis is a Store in Redis, shared by every replica that uses the same
@@ -109,8 +116,12 @@ type Redis struct {
 	// rthKeys are the HMAC keys of RefreshTokenHash, one per keyring
 	// key; the first (the sealing key's) names new tokens.
 	rthKeys [][]byte
+	events  EventsConfig
+
+	heartbeatEvery time.Duration
 
 	hub watchHub
+	inv invalidators
 	sub redisSub
 }
 
@@ -148,6 +159,12 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 			return nil, fmt.Errorf("redis store: waiting for replicas needs a *redis.Client or *redis.ClusterClient, not %T", cfg.Client)
 		}
 	}
+	if cfg.HeartbeatEvery < 0 {
+		return nil, errors.New("redis store: negative heartbeat interval")
+	}
+	if cfg.HeartbeatEvery == 0 {
+		cfg.HeartbeatEvery = DefaultHeartbeatEvery
+	}
 	rthKeys, err := cfg.Keyring.refreshTokenHashKeys()
 	if err != nil {
 		return nil, fmt.Errorf("redis store: %w", err)
@@ -159,6 +176,9 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		waitReplicas: cfg.WaitReplicas,
 		buckets:      buckets,
 		rthKeys:      rthKeys,
+		events:       cfg.Events,
+
+		heartbeatEvery: cfg.HeartbeatEvery,
 	}, nil
 }
 

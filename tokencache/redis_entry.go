@@ -41,22 +41,37 @@ return {t[1], t[2], redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}
 `)
 
 // casScript writes an entry if its version is still the one read, and
-// keeps the bucket's schedule and the watchers in step.
+// keeps the bucket's schedule, state indexes, expiry schedule and outbox
+// and the watchers in step.
 //
-//	KEYS:  entry hash, bucket schedule
-//	ARGV:  version read, new version, decision time (ms), max age (ms),
-//	       expire at (ms) or "", due (ms) or "", customer id, channel or ""
-//	       (publish), then field/value pairs (none: no entry)
+//	KEYS:  entry hash, bucket schedule, active index, reauth index,
+//	       expiry schedule, outbox
+//	ARGV:  1 version read, 2 new version, 3 decision time (ms), 4 max age
+//	       (ms), 5 expire at (ms) or "", 6 due (ms) or "", 7 customer id,
+//	       8 channel or "" (publish), 9 index ("active", "reauth", "none":
+//	       in neither, "": unchanged), 10 expiry (ms, "-": remove, "":
+//	       unchanged), 11 n events, then n outbox elements, then
+//	       field/value pairs (none: no entry)
 var casScript = redis.NewScript(`
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[3]) > tonumber(ARGV[4]) then return 'stale' end
 if (redis.call('HGET', KEYS[1], 'ver') or '') ~= ARGV[1] then return 'conflict' end
+local n = tonumber(ARGV[11])
 redis.call('DEL', KEYS[1])
-if #ARGV > 8 then
-  redis.call('HSET', KEYS[1], 'ver', ARGV[2], unpack(ARGV, 9))
+if #ARGV > 11 + n then
+  redis.call('HSET', KEYS[1], 'ver', ARGV[2], unpack(ARGV, 12 + n))
   if ARGV[5] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[5]) end
 end
 if ARGV[6] == '' then redis.call('ZREM', KEYS[2], ARGV[7]) else redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7]) end
+if ARGV[9] == 'active' then
+  redis.call('ZADD', KEYS[3], 0, ARGV[7]) redis.call('ZREM', KEYS[4], ARGV[7])
+elseif ARGV[9] == 'reauth' then
+  redis.call('ZADD', KEYS[4], 0, ARGV[7]) redis.call('ZREM', KEYS[3], ARGV[7])
+elseif ARGV[9] == 'none' then
+  redis.call('ZREM', KEYS[3], ARGV[7]) redis.call('ZREM', KEYS[4], ARGV[7])
+end
+if ARGV[10] == '-' then redis.call('ZREM', KEYS[5], ARGV[7]) elseif ARGV[10] ~= '' then redis.call('ZADD', KEYS[5], ARGV[10], ARGV[7]) end
+for i = 12, 11 + n do redis.call('RPUSH', KEYS[6], ARGV[i]) end
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[7]) end
 return 'ok'
 `)
@@ -91,7 +106,9 @@ func (s *Redis) Update(ctx context.Context, customerID string, d Decision) error
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	keys := []string{s.RecordKey(customerID), s.DueKey(s.BucketOf(customerID))}
+	bucket := s.BucketOf(customerID)
+	keys := []string{s.RecordKey(customerID), s.DueKey(bucket), s.IndexKey(bucket, IndexActive),
+		s.IndexKey(bucket, IndexReauthorizationRequired), s.ExpiryKey(bucket), s.OutboxKey(bucket)}
 	var result error
 	for attempt := range maxUpdateAttempts {
 		if attempt > 0 {
@@ -130,15 +147,32 @@ func (s *Redis) Update(ctx context.Context, customerID string, d Decision) error
 		if err != nil {
 			return fmt.Errorf("%s: %w", op, err)
 		}
-		args = append([]any{vals[fVer], ver, now.ms, maxDecisionAge.Milliseconds(), unixMilli(next.Expires),
-			dueScore(&next), customerID, s.channelIf(changed(cur, &next))}, args...)
+		side, err := s.sideEffects(cur, &next, now.Time)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		publish := changed(cur, &next)
+		args = append(append([]any{vals[fVer], ver, now.ms, maxDecisionAge.Milliseconds(), unixMilli(next.Expires),
+			dueScore(&next), customerID, s.channelIf(publish), side.index, side.expiry, len(side.events)},
+			side.events...), args...)
+		if publish {
+			s.inv.expectEcho(customerID)
+		}
 		r, err := s.run(ctx, op, casScript, keys, args)
+		if publish && r != "ok" {
+			s.inv.noEcho(customerID)
+		}
 		if r == nil {
 			return err
 		}
 		if r == "ok" {
-			if changed(cur, &next) {
-				s.hub.notify(customerID) // local waiters need not wait for pub/sub
+			s.afterWrite(ctx, customerID, cur, &next)
+			if publish {
+				s.hub.notify(customerID)  // local waiters need not wait for pub/sub
+				s.inv.changed(customerID) // nor this replica's copies
+			}
+			if !side.hint.IsZero() {
+				s.hintAfterWrite(ctx, bucket, side.hint)
 			}
 			return errors.Join(err, result)
 		}

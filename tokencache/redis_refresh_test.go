@@ -3,6 +3,7 @@ package tokencache_test
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -171,6 +172,9 @@ func TestRedisRefreshKeyLayout(t *testing.T) {
 	}
 	kinds := map[string]int{}
 	for _, kv := range r.Dump(t) {
+		if slices.Contains(s.GlobalKeys(), kv.Key) {
+			continue // outside the bucket slots by design (keys.go)
+		}
 		tag := hashTag(kv.Key)
 		if !strings.HasPrefix(kv.Key, "tokenproxy:{b") || !tags[tag] {
 			t.Errorf("key %q: hash tag %q is no customer's bucket", kv.Key, tag)
@@ -179,15 +183,16 @@ func TestRedisRefreshKeyLayout(t *testing.T) {
 		rest := strings.TrimPrefix(kv.Key, "tokenproxy:{"+tag+"}:")
 		kind, id, _ := strings.Cut(rest, ":")
 		kinds[kind]++
-		if kind == "due" {
-			continue
+		if kind == "due" || kind == "idx" || kind == "ev" {
+			continue // the bucket's own keys: schedule, state indexes, events
 		}
 		if want := fmt.Sprintf("b%d", tokencache.Bucket(id, buckets)); want != tag {
 			t.Errorf("key %q of customer %q: tag %q, want %q", kv.Key, id, tag, want)
 		}
 	}
-	// Five hashes (bob's holds its tombstone), nothing else but schedules.
-	if len(kinds) != 2 || kinds["rec"] != 5 || kinds["due"] == 0 {
+	// Five hashes (bob's holds its tombstone), nothing else but schedules
+	// and state indexes.
+	if len(kinds) != 3 || kinds["rec"] != 5 || kinds["due"] == 0 || kinds["idx"] == 0 {
 		t.Errorf("keys by kind: %v", kinds)
 	}
 	raw := r.Client(t)
@@ -443,4 +448,39 @@ func TestRedisLeaseLostEarlyHoldsOffNextClaim(t *testing.T) {
 	if err != nil || !next.Represent {
 		t.Fatalf("claim after the holder's outcome: %+v, %v; want a re-presentation", next, err)
 	}
+}
+
+func TestRedisEvents(t *testing.T) {
+	t.Parallel()
+	events := tokencache.EventsConfig{Enabled: true, ExpiryHorizon: storetest.EventsHorizon}
+	t.Run("standalone", func(t *testing.T) {
+		r := testenv.StartRedis(t)
+		client := newClient(t, r.URL)
+		keyring := mustKeyring(t, newKey(t))
+		storetest.RunEvents(t, func(t *testing.T) storetest.EventStore {
+			return newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: keyring, Buckets: 4, Events: events})
+		})
+	})
+	t.Run("cluster", func(t *testing.T) {
+		r := startCluster(t)
+		client := newClusterClient(t, r.Addr)
+		keyring := mustKeyring(t, newKey(t))
+		storetest.RunEvents(t, func(t *testing.T) storetest.EventStore {
+			return newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: keyring, Buckets: 4, Events: events})
+		})
+	})
+	// Three masters: a walk of the index and the probes go to several
+	// nodes in one pipeline.
+	t.Run("cluster of three", func(t *testing.T) {
+		cluster := testenv.StartClusterWithReplicas(t, 3, 0)
+		client, err := tokencache.NewRedisClient(tokencache.RedisOptions{Addrs: cluster.Seeds()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close() })
+		keyring := mustKeyring(t, newKey(t))
+		storetest.RunEvents(t, func(t *testing.T) storetest.EventStore {
+			return newRedisStore(t, tokencache.RedisConfig{Client: client, Prefix: uniquePrefix(), Keyring: keyring, Buckets: 8, Events: events})
+		})
+	})
 }

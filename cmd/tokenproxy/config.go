@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rsa"
 	"fmt"
@@ -62,6 +63,10 @@ type Config struct {
 	AppSigningKey       string        `env:"TOKENPROXY_APP_SIGNING_KEY" secret:"true" help:"RSA private key that signs every answer to the app in the wallet's scheme (for apps on the wallet's SDK); tokenproxy app-key prints its public half"`
 	AppSigningKeyFile   string        `env:"TOKENPROXY_APP_SIGNING_KEY_FILE" help:"file holding the app signing key"`
 	AppTokens           string        `env:"TOKENPROXY_APP_TOKENS, default=none" help:"none: answers carry no token fields; handles: the exchange answer carries opaque handles the app passes back instead of tokens"`
+	EventsURL           string        `env:"TOKENPROXY_EVENTS_URL" help:"where re-authorization events are POSTed (none when empty)"`
+	EventsSecret        string        `env:"TOKENPROXY_EVENTS_SECRET" secret:"true" help:"HMAC-SHA256 key of the events' Tokenproxy-Signature header (this or the _FILE form is required with EVENTS_URL)"`
+	EventsSecretFile    string        `env:"TOKENPROXY_EVENTS_SECRET_FILE" help:"file holding the events' HMAC key"`
+	EventsExpiryHorizon time.Duration `env:"TOKENPROXY_EVENTS_EXPIRY_HORIZON, default=72h" help:"a refresh_token_expiring event is sent this long before a refresh token expires"`
 	LogLevel            string        `env:"TOKENPROXY_LOG_LEVEL, default=info" help:"debug, info, warn or error"`
 	LogFormat           string        `env:"TOKENPROXY_LOG_FORMAT, default=json" help:"json or text"`
 }
@@ -120,6 +125,9 @@ func (c *Config) validate(sidecar bool) error {
 	case "none", "handles":
 	default:
 		return bad("TOKENPROXY_APP_TOKENS", "want none or handles")
+	}
+	if err := c.validateEvents(); err != nil {
+		return err
 	}
 	if c.MaxInflight < 0 {
 		return bad("TOKENPROXY_MAX_INFLIGHT", "must not be negative")
@@ -230,6 +238,40 @@ func (c *Config) validate(sidecar bool) error {
 		return bad("TOKENPROXY_LOG_FORMAT", "want json or text")
 	}
 	return nil
+}
+
+func (c *Config) validateEvents() error {
+	if c.EventsSecret != "" && c.EventsSecretFile != "" {
+		return bad("TOKENPROXY_EVENTS_SECRET", "set at most one of TOKENPROXY_EVENTS_SECRET and TOKENPROXY_EVENTS_SECRET_FILE")
+	}
+	if c.EventsExpiryHorizon <= 0 {
+		return bad("TOKENPROXY_EVENTS_EXPIRY_HORIZON", "must be positive")
+	}
+	if c.EventsURL == "" {
+		return nil
+	}
+	u, err := url.Parse(c.EventsURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" {
+		return bad("TOKENPROXY_EVENTS_URL", "want an http(s) URL with a host")
+	}
+	if c.EventsSecret == "" && c.EventsSecretFile == "" {
+		return bad("TOKENPROXY_EVENTS_SECRET", "required with TOKENPROXY_EVENTS_URL (or TOKENPROXY_EVENTS_SECRET_FILE)")
+	}
+	return nil
+}
+
+// eventsSecret reads the events' HMAC key (surrounding white space, such
+// as a file's final newline, is not part of it).
+func (c *Config) eventsSecret() ([]byte, error) {
+	raw, name, err := valueOrFile("TOKENPROXY_EVENTS_SECRET", c.EventsSecret, c.EventsSecretFile)
+	if err != nil {
+		return nil, err
+	}
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return nil, bad(name, "empty")
+	}
+	return raw, nil
 }
 
 func (c *Config) usesRedis() bool { return c.RedisURL != "" || c.RedisAddrs != "" }

@@ -53,6 +53,11 @@ func TestConfigErrorsExit2(t *testing.T) {
 		{"TOKENPROXY_REDIS_URL", map[string]string{"TOKENPROXY_REDIS_URL": "http://" + secret}, nil},
 		{"TOKENPROXY_REDIS_MASTER_NAME", map[string]string{"TOKENPROXY_REDIS_MASTER_NAME": "m"}, nil},
 		{"TOKENPROXY_KEY_VERSION", map[string]string{"TOKENPROXY_KEY_VERSION": "a,b"}, nil},
+		{"TOKENPROXY_EVENTS_SECRET", map[string]string{"TOKENPROXY_EVENTS_URL": "http://127.0.0.1:1/events"}, nil},
+		{"TOKENPROXY_EVENTS_SECRET", map[string]string{"TOKENPROXY_EVENTS_URL": "http://127.0.0.1:1/events", "TOKENPROXY_EVENTS_SECRET": secret, "TOKENPROXY_EVENTS_SECRET_FILE": "/x"}, nil},
+		{"TOKENPROXY_EVENTS_SECRET_FILE", map[string]string{"TOKENPROXY_EVENTS_URL": "http://127.0.0.1:1/events", "TOKENPROXY_EVENTS_SECRET_FILE": "/nonexistent/secret"}, nil},
+		{"TOKENPROXY_EVENTS_URL", map[string]string{"TOKENPROXY_EVENTS_URL": "ftp://" + secret, "TOKENPROXY_EVENTS_SECRET": secret}, nil},
+		{"TOKENPROXY_EVENTS_EXPIRY_HORIZON", map[string]string{"TOKENPROXY_EVENTS_EXPIRY_HORIZON": "0s"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.variable, func(t *testing.T) {

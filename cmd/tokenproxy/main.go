@@ -30,6 +30,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/tokenproxy/tokenproxy/internal/events"
 	"github.com/tokenproxy/tokenproxy/proxy"
 	"github.com/tokenproxy/tokenproxy/refresher"
 	"github.com/tokenproxy/tokenproxy/tokencache"
@@ -118,6 +119,12 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var eventsSecret []byte
+	if cfg.EventsURL != "" {
+		if eventsSecret, err = cfg.eventsSecret(); err != nil {
+			return err
+		}
+	}
 	inject, _ := proxy.ParseInject(cfg.Inject) // validated
 	base, _ := url.Parse(cfg.WalletURL)        // validated
 
@@ -130,6 +137,10 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	defer closeStore()
+	deliverer, err := newDeliverer(cfg, eventsSecret, store, reg, log)
+	if err != nil {
+		return err
+	}
 
 	client := &wallet.Client{
 		BaseURL:          base,
@@ -224,14 +235,21 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	log.Info("tokenproxy serving", "version", version, "listen", appLn.Addr().String(), "ops", opsLn.Addr().String(),
 		"wallet", base.Redacted(), "store", storeKind(cfg))
 
-	bgDone := make(chan struct{}, 2)
+	bgDone := make(chan struct{}, 3)
 	bgCtx, stopBackground := context.WithCancel(ctx)
+	go func() {
+		defer func() { bgDone <- struct{}{} }()
+		if deliverer != nil {
+			deliverer.Run(bgCtx)
+		}
+	}()
 	go func() {
 		defer func() { bgDone <- struct{}{} }()
 		pingStore(bgCtx, ref, &ready, log)
 	}()
 	go func() {
 		defer func() { bgDone <- struct{}{} }()
+		backfillCensus(bgCtx, store, log)
 		ref.Run(bgCtx)
 	}()
 
@@ -243,6 +261,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	ready.shuttingDown.Store(true)
 	stopBackground()
+	<-bgDone
 	<-bgDone
 	<-bgDone
 
@@ -274,18 +293,48 @@ func storeKind(cfg *Config) string {
 }
 
 // countingStore is a store that can also count its customers by state
-// (tokenproxy_tokens) and keep the refresh plan: both stores can.
+// (tokenproxy_tokens), keep the events' outbox and the refresh plan, and
+// list customers by state: both stores can.
 type countingStore interface {
 	tokencache.Store
 	tokencache.PlanBook
+	events.Outbox
 	Census(ctx context.Context) (tokencache.Census, error)
+}
+
+// newDeliverer builds the events' deliverer when TOKENPROXY_EVENTS_URL is
+// set (nil otherwise). Its metric families are registered either way, so
+// dashboards see them from the start.
+func newDeliverer(cfg *Config, secret []byte, store events.Outbox, reg prometheus.Registerer, log *slog.Logger) (*events.Deliverer, error) {
+	metrics := events.NewMetrics(reg)
+	if cfg.EventsURL == "" {
+		return nil, nil
+	}
+	u, _ := url.Parse(cfg.EventsURL) // validated
+	log.Info("re-authorization events enabled", "url", u.Redacted(), "expiry_horizon", cfg.EventsExpiryHorizon)
+	return events.New(events.Config{
+		URL:           cfg.EventsURL,
+		Secret:        events.Secret(secret),
+		Outbox:        store,
+		ExpiryHorizon: cfg.EventsExpiryHorizon,
+		Lease:         cfg.RefreshLease,
+		Timeout:       cfg.UpstreamTimeout,
+		Metrics:       metrics,
+		Logger:        log,
+	})
+}
+
+// eventsConfig is the store's part of the events: recorded only when
+// someone delivers them.
+func eventsConfig(cfg *Config) tokencache.EventsConfig {
+	return tokencache.EventsConfig{Enabled: cfg.EventsURL != "", ExpiryHorizon: cfg.EventsExpiryHorizon}
 }
 
 // openStore builds the token store the settings name.
 func openStore(cfg *Config, log *slog.Logger) (countingStore, func(), error) {
 	if !cfg.usesRedis() {
 		log.Warn("no Redis configured: using the in-memory token store; tokens are not shared between replicas and are lost on restart (run one replica only)")
-		return tokencache.NewMemory(tokencache.MemoryConfig{}), func() {}, nil
+		return tokencache.NewMemory(tokencache.MemoryConfig{Events: eventsConfig(cfg)}), func() {}, nil
 	}
 	kr, err := cfg.keyring()
 	if err != nil {
@@ -313,6 +362,7 @@ func openStore(cfg *Config, log *slog.Logger) (countingStore, func(), error) {
 		Prefix:       cfg.KeyPrefix,
 		Keyring:      kr,
 		WaitReplicas: cfg.RedisWaitReplicas,
+		Events:       eventsConfig(cfg),
 	})
 	if err != nil {
 		rc.Close()

@@ -49,7 +49,7 @@ var serverRoutes = []route{
 	{"get", "/tokenproxy/customers/{customerId}", false, "admin.go serveAdmin: action \"\", GET -> Status"},
 	{"delete", "/tokenproxy/customers/{customerId}", false, "admin.go serveAdmin: action \"\", DELETE -> Forget"},
 	{"post", "/tokenproxy/customers/{customerId}/refresh", false, "admin.go serveAdmin: action refresh, POST -> Refresh"},
-	{"get", "/tokenproxy/customers", true, "contract: the list by state (issue 18), not in admin.go yet"},
+	{"get", "/tokenproxy/customers", false, "admin.go serveAdmin: the customers path, GET -> serveList -> List"},
 }
 
 // contractErrors is the contract's "Proxy errors" table, plus the two
@@ -325,6 +325,8 @@ func TestOpenAPIErrors(t *testing.T) {
 		{"GET", a.url + "/tokenproxy/customers/oa-cust", adminOne, "get", nil, 200},
 		{"POST", a.url + "/tokenproxy/customers/oa-cust/refresh", adminRef, "post", nil, 200},
 		{"DELETE", a.url + "/tokenproxy/customers/oa-del", adminOne, "delete", nil, 204},
+		{"GET", a.url + "/tokenproxy/customers?state=valid&limit=1", "/tokenproxy/customers", "get", nil, 200},
+		{"GET", a.url + "/tokenproxy/customers?state=reauthorization_required", "/tokenproxy/customers", "get", nil, 200},
 	} {
 		got := send(t, c.method, c.url, "{}", c.hdr)
 		if got.status != c.status {
@@ -351,6 +353,9 @@ func TestOpenAPIErrors(t *testing.T) {
 		{"a bad admin customer id", "GET", "/tokenproxy/customers/a%40b", adminOne, "get", ``, nil, proxyErr{400, "PARAM_ILLEGAL", "F"}},
 		{"GET on a wallet path", "GET", inquiry, inquiry, "other", ``, cust, proxyErr{405, "METHOD_NOT_ALLOWED", "F"}},
 		{"PUT on an admin path", "PUT", "/tokenproxy/customers/oa-cust", adminOne, "other", `{}`, nil, proxyErr{405, "METHOD_NOT_ALLOWED", "F"}},
+		{"a bad list state", "GET", "/tokenproxy/customers?state=gone", "/tokenproxy/customers", "get", ``, nil, proxyErr{400, "PARAM_ILLEGAL", "F"}},
+		{"a bad list cursor", "GET", "/tokenproxy/customers?state=valid&cursor=x", "/tokenproxy/customers", "get", ``, nil, proxyErr{400, "PARAM_ILLEGAL", "F"}},
+		{"POST on the list", "POST", "/tokenproxy/customers", "/tokenproxy/customers", "other", `{}`, nil, proxyErr{405, "METHOD_NOT_ALLOWED", "F"}},
 		{"GET on refresh", "GET", "/tokenproxy/customers/oa-cust/refresh", adminRef, "other", ``, nil, proxyErr{405, "METHOD_NOT_ALLOWED", "F"}},
 		{"a body over the limit", "POST", inquiry, inquiry, "post", big, cust, proxyErr{413, "PARAM_ILLEGAL", "F"}},
 		{"an exchange over the limit", "POST", v1, v1, "post", big, nil, proxyErr{413, "PARAM_ILLEGAL", "F"}},

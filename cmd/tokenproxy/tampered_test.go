@@ -44,9 +44,16 @@ type tamperRow struct {
 // customer's value; an API call and an admin GET must then get the row's
 // answer, no wallet call may carry an empty or garbled token, and nothing
 // leaks into answers, logs or /metrics.
+//
+// The record is damaged by hand, which publishes nothing: a replica holding
+// the customer's opened record in its L1 would go on serving that copy (the
+// tokens as they were before the damage) until the record changes through
+// the store or its subscription is reset. So the L1 is off here
+// (TOKENPROXY_CACHE_MAX_ENTRIES=0): every call reads the record, which is
+// the path under test.
 func TestTamperedRecord(t *testing.T) {
 	h := newHarness(t).withRedis()
-	p := h.startProxy()
+	p := h.startProxy("TOKENPROXY_CACHE_MAX_ENTRIES=0")
 	store := importStore(t, h.redis.URL, h.encKey)
 	rdb := h.redis.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
