@@ -83,6 +83,7 @@ type config struct {
 	// hours, never due during the run (the million profile).
 	idle        int
 	idleMeasure time.Duration
+	idleWait    time.Duration
 	replicas    int
 	rate        float64
 	window      time.Duration
@@ -106,6 +107,7 @@ func main() {
 	flag.IntVar(&c.customers, "customers", 100000, "token pairs to seed and import (at least 10: 10 batches)")
 	flag.IntVar(&c.idle, "idle", 0, "customers imported beside -customers whose access tokens expire 3 to 22 hours out: never due during the run")
 	flag.DurationVar(&c.idleMeasure, "idle-measure", 0, "after the import, measure Redis commands/s this long before anything is due (0: not measured)")
+	flag.DurationVar(&c.idleWait, "idle-wait", 0, "after the import and the replicas' start, wait this long before reading Redis memory and measuring the idle scheduler (their start-up work done)")
 	flag.IntVar(&c.replicas, "replicas", 2, "tokenproxy processes sharing one Redis")
 	flag.Float64Var(&c.rate, "rate", 150, "TOKENPROXY_REFRESH_RATE of each replica (refresh calls/s)")
 	flag.DurationVar(&c.window, "window", 10*time.Minute, "the access token expiries are spread over this")
@@ -145,10 +147,11 @@ var profiles = map[string]map[string]string{
 		"head": "5m", "settle": "30s",
 	},
 	// million: 1,000,000 customers in one Redis, 1 % of them due within a
-	// 4-minute window after a 30 s measurement of the idle scheduler.
+	// 4-minute window after a 30 s measurement of the idle scheduler (90 s
+	// after the replicas started: their start-up work done).
 	"million": {
 		"customers": "10000", "idle": "990000", "replicas": "2", "rate": "50", "window": "4m", "lead": "1m",
-		"jitter": "10s", "head": "2m", "settle": "30s", "idle-measure": "30s",
+		"jitter": "10s", "head": "3m", "settle": "30s", "idle-measure": "30s", "idle-wait": "90s",
 	},
 }
 
@@ -387,6 +390,14 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 		}
 	}
 	res.fixedLate = fixedLeadLate(res.expiryTimes, res.importedAt, c)
+	if c.idleWait > 0 {
+		// The replicas' start-up work (an index built from the records,
+		// for one) is not the idle scheduler: let it end first.
+		logf("waiting %s before measuring the store and the idle scheduler", c.idleWait)
+		if err := sleepCtx(ctx, c.idleWait); err != nil {
+			return nil, err
+		}
+	}
 	res.afterImport = b.snap(ctx, rdb)
 	res.memorySample = b.memorySample(ctx, rdb, c.customers+c.idle)
 	res.phaseStart = res.afterImport
@@ -926,7 +937,7 @@ func (r *result) rows() [][2]string {
 		[2]string{"import", fmt.Sprintf("%d pairs in %s (%.0f/s; %.1f s CPU; /sim/seed took %s)",
 			c.customers+c.idle, round2(r.importTime), float64(c.customers+c.idle)/r.importTime.Seconds(), r.importCPU.Seconds(), round2(r.seedTime))},
 		[2]string{"redis memory", fmt.Sprintf("used_memory_human %s (peak %s), %d keys (%d after import)", r.redisMemory, r.redisPeak, r.redisKeys, r.redisKeysAfterImport)},
-		[2]string{"redis bytes per customer", fmt.Sprintf("%.0f (used_memory after the import − before, / %d customers)",
+		[2]string{"redis bytes per customer", fmt.Sprintf("%.0f (used_memory after the import and -idle-wait − before the import, / %d customers)",
 			float64(r.afterImport.usedMemory-r.atStart.usedMemory)/float64(c.customers+c.idle), c.customers+c.idle)},
 		[2]string{"redis MEMORY USAGE", r.memorySample},
 		[2]string{"per refresh (refresh phase, all-in)", r.phaseStart.to(r.atEnd).perRefresh()},
