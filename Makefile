@@ -10,6 +10,9 @@ TEST_FLAGS  ?= -race -count=1 -timeout 40m
 # BENCH_FLAGS: flags of internal/bench/refresh, e.g. a quick try:
 #   make bench BENCH_FLAGS='-customers 2000 -window 1m -lead 20s -jitter 5s'
 BENCH_FLAGS ?=
+# PROFILE: make bench's profile: wave (default), burst (a wave a fixed lead
+# cannot make, about 9 minutes) or million (1,000,000 customers, 1 % due).
+PROFILE     ?= wave
 # BENCH_PROXY_FLAGS: flags of internal/bench/proxy, e.g. -duration 5s -rounds 5
 BENCH_PROXY_FLAGS ?=
 SOAK_FLAGS  ?=
@@ -105,9 +108,10 @@ check-promtool:
 
 # bench: 100,000 customers' tokens imported into one Redis, 2 replicas refresh
 # them ahead of expiry with no app traffic; fails unless 100 % are refreshed
-# before expiry with 0 duplicates. Takes about 22 minutes with the defaults.
+# before expiry with 0 duplicates. Takes about 22 minutes with the defaults;
+# PROFILE=burst about 9, PROFILE=million about 12 (docs/benchmarks.md).
 bench: build check-redis
-	$(GO) run ./internal/bench/refresh -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim $(BENCH_FLAGS)
+	$(GO) run ./internal/bench/refresh -tokenproxy $(BIN)/tokenproxy -walletsim $(BIN)/walletsim -profile $(PROFILE) $(BENCH_FLAGS)
 
 # soak: the chaos soak of docs/reliability.md (not CI): 3 replicas, walletsim
 # with rotating faults, SIGKILLs of replicas and redis-server, 2000 customers,

@@ -63,6 +63,7 @@ type Metrics struct {
 	headroom       *prometheus.HistogramVec
 	claims         *prometheus.CounterVec
 	waits          *prometheus.CounterVec
+	planShortfall  prometheus.Counter
 }
 
 // Store operations of tokenproxy_store_errors_total.
@@ -113,9 +114,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "tokenproxy_refresh_waits_total",
 			Help: "Refreshes that found another refresh holding the lease and waited for it, by how the wait ended (joined, claimed, timeout, failed).",
 		}, []string{"result"}),
+		planShortfall: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tokenproxy_refresh_plan_shortfall_total",
+			Help: "Refreshes the plan found no room for before their fixed-lead time within the fleet's refresh rate: due at once, the earliest expiry first; some may come after expiry.",
+		}),
 	}
 	reg.MustRegister(m.lookups, m.refreshes, m.refreshSeconds, m.lostRotations, m.tokens, m.storeErrors, m.storeUp,
-		m.headroom, m.claims, m.waits)
+		m.headroom, m.claims, m.waits, m.planShortfall)
 	for _, r := range []string{lookupHit, lookupMiss, lookupRefresh, lookupReauth} {
 		m.lookups.WithLabelValues(r)
 	}

@@ -55,6 +55,13 @@ const maxRounds = 1000
 // refresh in this process per customer and trigger (callers join it),
 // detached from the caller, and waits for it at most until ctx ends.
 func (r *Refresher) refresh(ctx context.Context, customerID, trigger string, done func(*tokencache.Record) bool) (*tokencache.Record, error) {
+	return r.refreshFrom(ctx, customerID, trigger, done, nil)
+}
+
+// refreshFrom is refresh starting from a record the caller has just read
+// (nil: read it first), which saves the refresh its first read: the
+// scheduler reads each due customer to see whether it is idle.
+func (r *Refresher) refreshFrom(ctx context.Context, customerID, trigger string, done func(*tokencache.Record) bool, first *tokencache.Record) (*tokencache.Record, error) {
 	ch := r.flights.DoChan(customerID+"\x00"+trigger, func() (any, error) {
 		if !r.track() {
 			return nil, fmt.Errorf("refresh: %w: shutting down", wallet.ErrUnavailable)
@@ -62,7 +69,7 @@ func (r *Refresher) refresh(ctx context.Context, customerID, trigger string, don
 		defer r.wg.Done()
 		runCtx, cancel := context.WithTimeout(r.ctx, r.refreshBudget())
 		defer cancel()
-		return r.run(runCtx, customerID, trigger, done)
+		return r.run(runCtx, customerID, trigger, done, first)
 	})
 	select {
 	case res := <-ch:
@@ -76,7 +83,7 @@ func (r *Refresher) refresh(ctx context.Context, customerID, trigger string, don
 }
 
 // run is one refresh: read, claim or wait, present, complete.
-func (r *Refresher) run(ctx context.Context, customerID, trigger string, done func(*tokencache.Record) bool) (*tokencache.Record, error) {
+func (r *Refresher) run(ctx context.Context, customerID, trigger string, done func(*tokencache.Record) bool, first *tokencache.Record) (*tokencache.Record, error) {
 	r.setRefreshing(customerID, true)
 	defer r.setRefreshing(customerID, false)
 	watch, stop := r.cfg.Store.Watch(customerID)
@@ -98,6 +105,9 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 	defer endWait(waitFailed)
 
 	for range maxRounds {
+		// The caller's record serves the first round only.
+		read := first
+		first = nil
 		if rec, ok := r.pending.get(customerID); ok {
 			// This replica holds a known outcome the store has not taken
 			// yet: the stored refresh token is spent. Never claim it; serve
@@ -114,9 +124,12 @@ func (r *Refresher) run(ctx context.Context, customerID, trigger string, done fu
 			}
 			continue
 		}
-		rec, err := r.get(ctx, customerID)
-		if err != nil {
-			return nil, err
+		rec := read
+		if rec == nil {
+			var err error
+			if rec, err = r.get(ctx, customerID); err != nil {
+				return nil, err
+			}
 		}
 		if rec.State == tokencache.StateReauthorizationRequired {
 			return nil, ErrReauthorizationRequired
@@ -234,7 +247,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 	wd.Wait()
 	r.cfg.Metrics.refreshSeconds.Observe(time.Since(start).Seconds())
 
-	o, result := r.outcome(rec, pair, callErr)
+	o, result := r.outcome(ctx, rec, pair, callErr)
 	r.cfg.Metrics.refreshes.WithLabelValues(trigger, result, metricCode(o)).Inc()
 	if o.Kind == tokencache.Refreshed {
 		// How long the old access token had left: 0 when it had expired
@@ -300,7 +313,7 @@ func (r *Refresher) present(rec *tokencache.Record, lease *tokencache.Lease, cla
 const storeWriteTimeout = 5 * time.Second
 
 // outcome classifies a presentation's result.
-func (r *Refresher) outcome(rec *tokencache.Record, pair *wallet.TokenResponse, err error) (tokencache.Outcome, string) {
+func (r *Refresher) outcome(ctx context.Context, rec *tokencache.Record, pair *wallet.TokenResponse, err error) (tokencache.Outcome, string) {
 	if err == nil {
 		now := r.now()
 		next := *rec
@@ -311,7 +324,7 @@ func (r *Refresher) outcome(rec *tokencache.Record, pair *wallet.TokenResponse, 
 		next.State = tokencache.StateActive
 		next.LastError = ""
 		next.LastRefresh = now
-		next.NextRefresh = r.nextRefresh(now, pair.AccessTokenExpiry)
+		next.NextRefresh = r.nextRefresh(context.WithoutCancel(ctx), now, pair.AccessTokenExpiry)
 		if pair.CustomerID != rec.CustomerID {
 			r.log.Warn("wallet refreshed a token for another customer id; kept under the original", "customer", rec.CustomerID)
 		}

@@ -106,6 +106,10 @@ type Config struct {
 	// schedule hint of every bucket once, in small steps (default 5 min;
 	// only with a store that keeps a hint, see tokencache.DueHints).
 	FullCheckEvery time.Duration
+	// Plan, when set, keeps the fleet's refresh plan (both stores are
+	// tokencache.PlanBooks): refresh times are then chosen against the
+	// fleet's rate (plan.go); nil: a fixed lead (NextRefresh).
+	Plan tokencache.PlanBook
 	// Census counts the store's customers by state for tokenproxy_tokens
 	// (the stores' Census methods); nil: not counted.
 	Census  func(ctx context.Context) (tokencache.Census, error)
@@ -150,6 +154,7 @@ type Refresher struct {
 	cache   *l1
 	stopL1  func() // unregisters cache from the store's invalidations
 	pending *pendingWrites
+	planner *Planner // nil: no plan
 	flights singleflight.Group
 	reads   singleflight.Group // app calls missing L1 for one customer share one store read
 	slots   chan struct{}      // worker slots for background and scheduled refreshes
@@ -220,6 +225,12 @@ func New(cfg Config) *Refresher {
 		cancel:      cancel,
 	}
 	r.pending = newPendingWrites(r)
+	if cfg.Plan != nil {
+		r.planner = NewPlanner(PlanConfig{
+			Book: cfg.Plan, Before: cfg.RefreshBefore, Jitter: cfg.RefreshJitter, Rate: cfg.RefreshRate,
+			Shortfall: cfg.Metrics.planShortfall, Logger: r.log,
+		})
+	}
 	r.stopL1 = func() {}
 	if inv, ok := cfg.Store.(tokencache.Invalidations); ok {
 		r.stopL1 = inv.Invalidations(r.cache)
@@ -336,6 +347,7 @@ type Exchange struct {
 // whatever was stored (a reauthorization_required state included).
 func (r *Refresher) Install(ctx context.Context, ex Exchange) error {
 	rec := NewRecord(ex, r.now(), r.cfg.RefreshBefore, r.cfg.RefreshJitter)
+	rec.NextRefresh = r.nextRefresh(ctx, rec.LastUsed, rec.AccessTokenExpiry)
 	snap := r.cache.snapshot(rec.CustomerID)
 	gen, err := tokencache.Put(ctx, r.cfg.Store, rec)
 	if err != nil {
@@ -584,7 +596,12 @@ func (r *Refresher) refreshBudget() time.Duration {
 	return 2*r.cfg.UpstreamTimeout + 2*r.cfg.Lease + 5*time.Second
 }
 
-func (r *Refresher) nextRefresh(now, expiry time.Time) time.Time {
+// nextRefresh is when a token expiring at expiry is due: planned against
+// the fleet's rate when there is a plan (Planner.Plan), else a fixed lead.
+func (r *Refresher) nextRefresh(ctx context.Context, now, expiry time.Time) time.Time {
+	if r.planner != nil {
+		return r.planner.Plan(ctx, now, expiry)
+	}
 	return NextRefresh(now, expiry, r.cfg.RefreshBefore, r.cfg.RefreshJitter)
 }
 

@@ -344,11 +344,11 @@ func TestForgetDuringRefreshIsNotWrittenBack(t *testing.T) {
 func TestNextRefresh(t *testing.T) {
 	f := newFixture(t)
 	now := f.clock.now()
-	if got := f.r.nextRefresh(now, now.Add(time.Hour)); !got.Equal(now.Add(55 * time.Minute)) {
+	if got := f.r.nextRefresh(ctx(t), now, now.Add(time.Hour)); !got.Equal(now.Add(55 * time.Minute)) {
 		t.Fatalf("one hour token due at %v", got.Sub(now))
 	}
 	// Short-lived tokens: the lead is capped at half the life.
-	if got := f.r.nextRefresh(now, now.Add(time.Minute)); !got.Equal(now.Add(30 * time.Second)) {
+	if got := f.r.nextRefresh(ctx(t), now, now.Add(time.Minute)); !got.Equal(now.Add(30 * time.Second)) {
 		t.Fatalf("one minute token due at %v", got.Sub(now))
 	}
 }

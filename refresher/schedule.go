@@ -22,7 +22,10 @@ func (r *Refresher) Run(ctx context.Context) {
 	defer tick.Stop()
 	census := time.NewTicker(r.cfg.CensusEvery)
 	defer census.Stop()
+	beat := time.NewTicker(planBeatEvery)
+	defer beat.Stop()
 	r.census(ctx)
+	r.beat(ctx)
 	hints, hinted := r.cfg.Store.(tokencache.DueHints)
 	var check *hintCheck
 	if hinted {
@@ -36,6 +39,8 @@ func (r *Refresher) Run(ctx context.Context) {
 			return
 		case <-census.C:
 			r.census(ctx)
+		case <-beat.C:
+			r.beat(ctx)
 		case <-tick.C:
 			if hinted {
 				r.scheduleHinted(ctx, hints)
@@ -216,7 +221,7 @@ func (r *Refresher) scheduled(ctx context.Context, id string) {
 	if r.idle(ctx, rec) {
 		return
 	}
-	if _, err := r.refresh(ctx, id, TriggerScheduled, r.notDue); err != nil {
+	if _, err := r.refreshFrom(ctx, id, TriggerScheduled, r.notDue, rec); err != nil {
 		r.log.Info("scheduled refresh failed", "customer", id, "err", err)
 	}
 }

@@ -44,6 +44,8 @@ type Memory struct {
 	lastSweep time.Time
 	due       memDue
 	ev        memEvents
+
+	plan memPlan // the refresh plan (plan.go), under its own lock
 }
 
 var _ Store = (*Memory)(nil)

@@ -23,7 +23,19 @@ import (
 // of either release read with the other. Leases and tombstones used to be
 // keys of their own; replicas of that release take no leases this one
 // sees, so they must not refresh beside it.
-const formatVersion = "1"
+//
+// Format 2 (issue 17) keeps the sealed tokens and handles as raw bytes
+// (nonce||ciphertext) instead of format 1's unpadded base64 of them: 31
+// bytes less per 64-character token. Everything else is as in format 1,
+// which this release still reads (formatVersion1); a record is written in
+// format 2 the next time it is written. Releases before it read format 1
+// only: during a rolling upgrade from one, a customer an upgraded replica
+// wrote is refused as corrupt by the old replicas until they are replaced.
+const formatVersion = "2"
+
+// formatVersion1 is the previous format, still read: sealed values in
+// unpadded standard base64.
+const formatVersion1 = "1"
 
 // Record hash fields. Times are Unix milliseconds; empty fields are not
 // stored, so an absent field means the zero value. The Entry's own fields
@@ -272,10 +284,11 @@ func (s *Redis) sealTokens(rec *Record) ([]any, error) {
 	} {
 		sealed := ""
 		if f.value != "" {
-			var err error
-			if _, sealed, err = s.keyring.Seal(s.prefix, rec.CustomerID, f.name, []byte(f.value.Reveal())); err != nil {
+			_, raw, err := s.keyring.sealRaw(s.prefix, rec.CustomerID, f.name, []byte(f.value.Reveal()))
+			if err != nil {
 				return nil, err
 			}
+			sealed = string(raw)
 		}
 		out = append(out, f.name, sealed)
 	}
@@ -296,7 +309,8 @@ func (s *Redis) refreshTokenHash(customerID string, token Secret) string {
 // *SealError, one that is incomplete or holds a malformed field wraps
 // ErrCorrupt. Neither is ever used to call the wallet.
 func (s *Redis) decode(customerID string, vals map[string]string) (*Record, error) {
-	if v := vals[fVersion]; v != formatVersion {
+	version := vals[fVersion]
+	if version != formatVersion && version != formatVersion1 {
 		return nil, corrupt(fVersion, "format version not supported")
 	}
 	rec := &Record{
@@ -352,7 +366,13 @@ func (s *Redis) decode(customerID string, vals map[string]string) (*Record, erro
 		if sealed == "" {
 			continue
 		}
-		plain, err := s.keyring.Open(s.prefix, customerID, f.name, rec.KeyID, sealed)
+		open := s.keyring.openRaw
+		if version == formatVersion1 {
+			open = func(prefix, customerID, field, keyID string, raw []byte) ([]byte, error) {
+				return s.keyring.Open(prefix, customerID, field, keyID, string(raw))
+			}
+		}
+		plain, err := open(s.prefix, customerID, f.name, rec.KeyID, []byte(sealed))
 		if err != nil {
 			return nil, err
 		}

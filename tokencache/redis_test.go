@@ -600,7 +600,8 @@ func TestRedisUnknownFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct{ field, value string }{
-		{"v", "2"},
+		{"v", "3"},
+		{"v", ""},
 		{"gen", "x"},
 		{"ate", "soon"},
 		{"replay", "{"},

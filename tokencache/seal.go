@@ -113,22 +113,40 @@ func (k Keyring) LogValue() slog.Value { return slog.StringValue(k.String()) }
 // to prefix, customerID and field: a sealed value copied to another customer,
 // another field or another key prefix does not open.
 func (k *Keyring) Seal(prefix, customerID, field string, plaintext []byte) (keyID, sealed string, err error) {
+	keyID, raw, err := k.sealRaw(prefix, customerID, field, plaintext)
+	if err != nil {
+		return "", "", err
+	}
+	return keyID, base64.RawStdEncoding.EncodeToString(raw), nil
+}
+
+// sealRaw is Seal without the base64: nonce||ciphertext, as the Redis
+// store's record format 2 keeps it (Redis strings are binary-safe).
+func (k *Keyring) sealRaw(prefix, customerID, field string, plaintext []byte) (keyID string, sealed []byte, err error) {
 	rk := k.keys[0]
 	aead, err := rk.aead(prefix, customerID)
 	if err != nil {
-		return "", "", fmt.Errorf("seal %s: %w", field, err)
+		return "", nil, fmt.Errorf("seal %s: %w", field, err)
 	}
 	buf := make([]byte, aead.NonceSize(), aead.NonceSize()+len(plaintext)+aead.Overhead())
 	if _, err := rand.Read(buf); err != nil {
-		return "", "", fmt.Errorf("seal %s: nonce: %w", field, err)
+		return "", nil, fmt.Errorf("seal %s: nonce: %w", field, err)
 	}
-	buf = aead.Seal(buf, buf, plaintext, additionalData(prefix, customerID, field))
-	return rk.id, base64.RawStdEncoding.EncodeToString(buf), nil
+	return rk.id, aead.Seal(buf, buf, plaintext, additionalData(prefix, customerID, field)), nil
 }
 
 // Open reverses Seal. Any failure (keyID not in the keyring, a damaged or
 // misplaced value) is a *SealError naming keyID.
 func (k *Keyring) Open(prefix, customerID, field, keyID, sealed string) ([]byte, error) {
+	raw, err := base64.RawStdEncoding.DecodeString(sealed)
+	if err != nil {
+		return nil, &SealError{KeyID: keyID, reason: "malformed " + field}
+	}
+	return k.openRaw(prefix, customerID, field, keyID, raw)
+}
+
+// openRaw reverses sealRaw, with Open's errors.
+func (k *Keyring) openRaw(prefix, customerID, field, keyID string, raw []byte) ([]byte, error) {
 	var rk *ringKey
 	for i := range k.keys {
 		if k.keys[i].id == keyID {
@@ -138,10 +156,6 @@ func (k *Keyring) Open(prefix, customerID, field, keyID, sealed string) ([]byte,
 	}
 	if rk == nil {
 		return nil, &SealError{KeyID: keyID, reason: "key not in keyring"}
-	}
-	raw, err := base64.RawStdEncoding.DecodeString(sealed)
-	if err != nil {
-		return nil, &SealError{KeyID: keyID, reason: "malformed " + field}
 	}
 	aead, err := rk.aead(prefix, customerID)
 	if err != nil {

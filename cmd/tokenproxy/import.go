@@ -103,7 +103,16 @@ func runImport(ctx context.Context, args []string, env envconfig.Lookuper, stdin
 		exchangePath:  cfg.TokenPaths[0],
 		refreshBefore: cfg.RefreshBefore,
 		refreshJitter: cfg.RefreshJitter,
+		planner: refresher.NewPlanner(refresher.PlanConfig{
+			Book: store, Before: cfg.RefreshBefore, Jitter: cfg.RefreshJitter, Rate: cfg.RefreshRate, Logger: log,
+		}),
 	}
+	// The fleet's rate: the replicas alive now (one when none is).
+	cctx, cancel := context.WithTimeout(ctx, importStoreTimeout)
+	if err := imp.planner.Count(cctx, ""); err != nil {
+		log.Warn("could not count the live replicas: planning for one", "err", err)
+	}
+	cancel()
 	res := imp.run(ctx, in)
 	res.report(stdout)
 	if res.readErr != nil {
@@ -177,6 +186,9 @@ type importer struct {
 	exchangePath  string
 	refreshBefore time.Duration
 	refreshJitter time.Duration
+	// planner, when set, plans each pair's refresh against the fleet's
+	// rate, as the replicas do (refresher.Planner); nil: a fixed lead.
+	planner *refresher.Planner
 }
 
 // importResult is what an import did. Line numbers count from 1.
@@ -341,6 +353,9 @@ func (im *importer) write(ctx context.Context, p importPair) (importOutcome, err
 		CustomerID: p.customerID, AccessToken: p.accessToken, AccessTokenExpiry: p.accessTokenExpiry,
 		RefreshToken: p.refreshToken, RefreshTokenExpiry: p.refreshTokenExpiry,
 	}}, im.now(), im.refreshBefore, im.refreshJitter)
+	if im.planner != nil {
+		rec.NextRefresh = im.planner.Plan(ctx, rec.LastUsed, rec.AccessTokenExpiry)
+	}
 	var (
 		wrote bool
 		err   error

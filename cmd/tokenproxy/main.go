@@ -167,6 +167,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		UpstreamTimeout: cfg.UpstreamTimeout,
 		CacheMaxEntries: cfg.CacheMaxEntries,
 		Census:          store.Census,
+		Plan:            store,
 		Metrics:         refresher.NewMetrics(reg),
 		Logger:          log,
 	})
@@ -292,10 +293,11 @@ func storeKind(cfg *Config) string {
 }
 
 // countingStore is a store that can also count its customers by state
-// (tokenproxy_tokens), keep the events' outbox and list customers by
-// state: both stores can.
+// (tokenproxy_tokens), keep the events' outbox and the refresh plan, and
+// list customers by state: both stores can.
 type countingStore interface {
 	tokencache.Store
+	tokencache.PlanBook
 	events.Outbox
 	Census(ctx context.Context) (tokencache.Census, error)
 }

@@ -40,6 +40,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -73,7 +74,16 @@ const (
 )
 
 type config struct {
-	customers   int
+	profile string
+	// importLive: the replicas start before the import, so that it plans
+	// with the fleet's rate (the burst profile); else they start after it.
+	importLive bool
+	customers  int
+	// idle customers are imported beside them with access tokens living
+	// hours, never due during the run (the million profile).
+	idle        int
+	idleMeasure time.Duration
+	idleWait    time.Duration
 	replicas    int
 	rate        float64
 	window      time.Duration
@@ -85,12 +95,19 @@ type config struct {
 	tokenproxy  string
 	walletsim   string
 	redisServer string
-	keep        bool
+	// redisArgs are extra redis-server arguments, for example
+	// "--hash-max-listpack-value 512".
+	redisArgs string
+	keep      bool
 }
 
 func main() {
 	var c config
+	flag.StringVar(&c.profile, "profile", "wave", "wave: 10 waves of expiries over -window, every one refreshable with a fixed lead (today's bench); burst: a wave larger than the fleet's rate × (lead + jitter + window), which a fixed lead cannot refresh in time and the plan must (see profiles; flags given explicitly win)")
 	flag.IntVar(&c.customers, "customers", 100000, "token pairs to seed and import (at least 10: 10 batches)")
+	flag.IntVar(&c.idle, "idle", 0, "customers imported beside -customers whose access tokens expire 3 to 22 hours out: never due during the run")
+	flag.DurationVar(&c.idleMeasure, "idle-measure", 0, "after the import, measure Redis commands/s this long before anything is due (0: not measured)")
+	flag.DurationVar(&c.idleWait, "idle-wait", 0, "after the import and the replicas' start, wait this long before reading Redis memory and measuring the idle scheduler (their start-up work done)")
 	flag.IntVar(&c.replicas, "replicas", 2, "tokenproxy processes sharing one Redis")
 	flag.Float64Var(&c.rate, "rate", 150, "TOKENPROXY_REFRESH_RATE of each replica (refresh calls/s)")
 	flag.DurationVar(&c.window, "window", 10*time.Minute, "the access token expiries are spread over this")
@@ -102,9 +119,59 @@ func main() {
 	flag.StringVar(&c.tokenproxy, "tokenproxy", "bin/tokenproxy", "tokenproxy binary")
 	flag.StringVar(&c.walletsim, "walletsim", "bin/walletsim", "walletsim binary")
 	flag.StringVar(&c.redisServer, "redis-server", "redis-server", "redis-server binary (looked up in PATH)")
+	flag.StringVar(&c.redisArgs, "redis-args", "", "extra redis-server arguments, space-separated (for example '--hash-max-listpack-value 512')")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (keys, process logs) and print its path")
-	proc.ParseFlags("bench", c.check)
+	proc.ParseFlags("bench", func() error {
+		if err := c.applyProfile(); err != nil {
+			return err
+		}
+		return c.check()
+	})
 	os.Exit(run(c))
+}
+
+// profiles are the defaults each -profile sets for the flags not given.
+//
+// burst is the issue's wave (30,000 tokens expiring within 2 minutes at a
+// fleet rate of 100/s and a 5-minute lead) scaled to fit this 2-core
+// machine in about 9 minutes: 5,000 tokens within 2 minutes, a fleet of 2
+// replicas × 10/s, a 1-minute lead plus 5 s jitter. A fixed lead can make
+// at most 20/s × (65 s + 120 s) = 3,700 of them; the plan, booking 80 % of
+// 20/s, needs 5,000 / 16/s = 312 s, so the tokens live 6 to 8 minutes
+// when imported. The replicas run before the import, which plans with
+// their heartbeats' count.
+var profiles = map[string]map[string]string{
+	"wave": {},
+	"burst": {
+		"customers": "5000", "replicas": "2", "rate": "10", "window": "2m", "lead": "1m", "jitter": "5s",
+		"head": "5m", "settle": "30s",
+	},
+	// million: 1,000,000 customers in one Redis, 1 % of them due within a
+	// 4-minute window after a 30 s measurement of the idle scheduler (90 s
+	// after the replicas started: their start-up work done).
+	"million": {
+		"customers": "10000", "idle": "990000", "replicas": "2", "rate": "50", "window": "4m", "lead": "1m",
+		"jitter": "10s", "head": "3m", "settle": "30s", "idle-measure": "30s", "idle-wait": "90s",
+	},
+}
+
+// applyProfile sets the profile's defaults for the flags not given.
+func (c *config) applyProfile() error {
+	defaults, ok := profiles[c.profile]
+	if !ok {
+		return fmt.Errorf("-profile %q: want wave, burst or million", c.profile)
+	}
+	given := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for name, v := range defaults {
+		if !given[name] {
+			if err := flag.Set(name, v); err != nil {
+				return fmt.Errorf("profile %s: -%s %s: %w", c.profile, name, v, err)
+			}
+		}
+	}
+	c.importLive = c.profile == "burst"
+	return nil
 }
 
 func (c *config) check() error {
@@ -237,10 +304,10 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 
 	// Redis.
 	b.redisAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	rp, err := b.startProc("redis-server", c.redisServer, []string{
+	rp, err := b.startProc("redis-server", c.redisServer, append([]string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(ports[0]),
 		"--save", "", "--appendonly", "no", "--dir", b.dir, "--daemonize", "no",
-	}, nil)
+	}, strings.Fields(c.redisArgs)...), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -269,16 +336,24 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 		return nil, fmt.Errorf("walletsim on %s: %w", simAddr, err)
 	}
 
-	// Seed and import, batch by batch, before any replica runs.
-	if err := b.seedAndImport(ctx, res); err != nil {
-		return nil, err
-	}
-	if n, err := rdb.DBSize(ctx).Result(); err == nil {
-		res.redisKeysAfterImport = n
+	// Seed and import, batch by batch, before any replica runs (or after
+	// they started, for the burst).
+	res.atStart = b.snap(ctx, rdb)
+	if !c.importLive {
+		if err := b.seedIdle(ctx, res); err != nil {
+			return nil, err
+		}
+		if err := b.seedAndImport(ctx, res); err != nil {
+			return nil, err
+		}
+		if n, err := rdb.DBSize(ctx).Result(); err == nil {
+			res.redisKeysAfterImport = n
+		}
 	}
 
 	// Replicas.
-	if need := float64(c.customers/batches) / (c.window / batches).Seconds(); c.rate*float64(c.replicas) < 1.2*need {
+	// (The burst is meant to be beyond the rate: no warning for it.)
+	if need := float64(c.customers/batches) / (c.window / batches).Seconds(); !c.importLive && c.rate*float64(c.replicas) < 1.2*need {
 		logf("warning: replicas × rate = %g/s is not comfortably above the %.0f/s the batches need", c.rate*float64(c.replicas), need)
 	}
 	for i := range c.replicas {
@@ -290,7 +365,6 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 		if r.p, err = b.startProc(r.name, c.tokenproxy, nil, append(b.tokenproxyEnv(),
 			"TOKENPROXY_LISTEN_ADDR="+r.listen,
 			"TOKENPROXY_OPS_ADDR="+r.ops,
-			"TOKENPROXY_REFRESH_RATE="+strconv.FormatFloat(c.rate, 'f', -1, 64),
 			"TOKENPROXY_LOG_LEVEL=warn",
 		)); err != nil {
 			return nil, err
@@ -305,10 +379,41 @@ func (b *bench) run(ctx context.Context) (*result, error) {
 	res.replicasUp = time.Now()
 	logf("%d tokenproxy replicas ready (rate %g/s each, lead %s, jitter %s); watching walletsim, no app traffic",
 		c.replicas, c.rate, c.lead, c.jitter)
+	if c.importLive {
+		// Let every replica's first heartbeat land, so that the import
+		// plans with the fleet's rate.
+		if err := b.seedAndImport(ctx, res); err != nil {
+			return nil, err
+		}
+		if n, err := rdb.DBSize(ctx).Result(); err == nil {
+			res.redisKeysAfterImport = n
+		}
+	}
+	res.fixedLate = fixedLeadLate(res.expiryTimes, res.importedAt, c)
+	if c.idleWait > 0 {
+		// The replicas' start-up work (an index built from the records,
+		// for one) is not the idle scheduler: let it end first.
+		logf("waiting %s before measuring the store and the idle scheduler", c.idleWait)
+		if err := sleepCtx(ctx, c.idleWait); err != nil {
+			return nil, err
+		}
+	}
+	res.afterImport = b.snap(ctx, rdb)
+	res.memorySample = b.memorySample(ctx, rdb, c.customers+c.idle)
+	res.phaseStart = res.afterImport
+	if c.idleMeasure > 0 {
+		logf("measuring the idle scheduler for %s", c.idleMeasure)
+		if err := sleepCtx(ctx, c.idleMeasure); err != nil {
+			return nil, err
+		}
+		res.phaseStart = b.snap(ctx, rdb)
+		res.idleDelta = res.afterImport.to(res.phaseStart)
+	}
 
 	if err := b.watch(ctx, res); err != nil {
 		return nil, err
 	}
+	res.atEnd = b.snap(ctx, rdb)
 	b.collect(ctx, res, rdb, sim, rp)
 	res.wall = time.Since(b.start)
 	return res, nil
@@ -337,13 +442,14 @@ func (b *bench) seedAndImport(ctx context.Context, res *result) error {
 			return fmt.Errorf("seed batch %d: %w", i, err)
 		}
 		res.seedTime += time.Since(t0)
-		lines, lo, hi, err := expiries(ndjson)
+		lines, lo, hi, all, err := expiries(ndjson)
 		if err != nil {
 			return fmt.Errorf("seed batch %d: %w", i, err)
 		}
 		if lines != n {
 			return fmt.Errorf("seed batch %d: %d lines, want %d", i, lines, n)
 		}
+		res.expiryTimes = append(res.expiryTimes, all...)
 		if res.firstExpiry.IsZero() || lo.Before(res.firstExpiry) {
 			res.firstExpiry = lo
 		}
@@ -368,6 +474,9 @@ func (b *bench) seedAndImport(ctx context.Context, res *result) error {
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 		cmd.WaitDelay = stopGrace // then SIGKILL
 		t1 := time.Now()
+		for range all {
+			res.importedAt = append(res.importedAt, t1)
+		}
 		err = cmd.Run()
 		res.importTime += time.Since(t1)
 		if cmd.ProcessState != nil {
@@ -396,12 +505,88 @@ func (b *bench) seedAndImport(ctx context.Context, res *result) error {
 	return nil
 }
 
+// seedIdle seeds and imports the -idle customers in 20 chunks whose access
+// tokens expire 3 h + i hours out: never due during the run, and spread so
+// that the plan has room for each chunk.
+func (b *bench) seedIdle(ctx context.Context, res *result) error {
+	const chunks = 20
+	c := b.cfg
+	if c.idle == 0 {
+		return nil
+	}
+	for i := range chunks {
+		n := c.idle / chunks
+		if i == chunks-1 {
+			n += c.idle % chunks
+		}
+		req, _ := json.Marshal(map[string]any{
+			"count":              n,
+			"prefix":             fmt.Sprintf("i%d-", i),
+			"accessTtl":          (3*time.Hour + time.Duration(i)*time.Hour).String(),
+			"refreshedAccessTtl": c.accessTTL.String(),
+		})
+		t0 := time.Now()
+		ndjson, err := b.post(ctx, b.simURL+"/sim/seed", req, 10*time.Minute)
+		if err != nil {
+			return fmt.Errorf("seed idle chunk %d: %w", i, err)
+		}
+		res.seedTime += time.Since(t0)
+		if err := b.importNDJSON(ctx, res, ndjson, n); err != nil {
+			return fmt.Errorf("idle chunk %d: %w", i, err)
+		}
+		if i%5 == 4 {
+			logf("idle customers: %d imported (%.0f/s so far)", (i+1)*(c.idle/chunks), float64((i+1)*(c.idle/chunks))/res.importTime.Seconds())
+		}
+	}
+	return nil
+}
+
+// importNDJSON pipes one seeded chunk into `tokenproxy import -`.
+func (b *bench) importNDJSON(ctx context.Context, res *result, ndjson []byte, n int) error {
+	cmd := exec.CommandContext(ctx, b.cfg.tokenproxy, "import", "-")
+	cmd.Dir = b.dir
+	cmd.Env = b.tokenproxyEnv()
+	cmd.Stdin = bytes.NewReader(ndjson)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = stopGrace // then SIGKILL
+	t1 := time.Now()
+	err := cmd.Run()
+	res.importTime += time.Since(t1)
+	if cmd.ProcessState != nil {
+		res.importCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	text := strings.TrimSpace(out.String())
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("tokenproxy import: %v\n%s", err, tail(text, 4096))
+	}
+	if m := importedRE.FindStringSubmatch(text); m == nil || m[1] != strconv.Itoa(n) {
+		return fmt.Errorf("tokenproxy import wrote other than %d pairs:\n%s", n, tail(text, 4096))
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // importedRE finds the count in the import's report ("imported N, ...").
 var importedRE = regexp.MustCompile(`\bimported (\d+)\b`)
 
 // expiries counts the NDJSON lines and returns the earliest and latest
 // accessTokenExpiryTime.
-func expiries(ndjson []byte) (n int, lo, hi time.Time, err error) {
+func expiries(ndjson []byte) (n int, lo, hi time.Time, all []time.Time, err error) {
 	sc := bufio.NewScanner(bytes.NewReader(ndjson))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -413,12 +598,13 @@ func expiries(ndjson []byte) (n int, lo, hi time.Time, err error) {
 			AccessTokenExpiryTime string `json:"accessTokenExpiryTime"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			return 0, lo, hi, fmt.Errorf("line %d: %v", n, err)
+			return 0, lo, hi, nil, fmt.Errorf("line %d: %v", n, err)
 		}
 		t, err := wallet.ParseDateTime(l.AccessTokenExpiryTime)
 		if err != nil {
-			return 0, lo, hi, fmt.Errorf("line %d: accessTokenExpiryTime: %v", n, err)
+			return 0, lo, hi, nil, fmt.Errorf("line %d: accessTokenExpiryTime: %v", n, err)
 		}
+		all = append(all, t)
 		if lo.IsZero() || t.Before(lo) {
 			lo = t
 		}
@@ -426,7 +612,42 @@ func expiries(ndjson []byte) (n int, lo, hi time.Time, err error) {
 			hi = t
 		}
 	}
-	return n, lo, hi, sc.Err()
+	return n, lo, hi, all, sc.Err()
+}
+
+// fixedLeadLate simulates, on the run's own expiry times and import
+// times, the schedule without a plan: each token due at expiry − lead −
+// random(0..jitter), the lead capped at half its remaining life when
+// imported (refresher.NextRefresh), served in order of due time by the
+// fleet at replicas × rate per second, one after the other. It returns how
+// many would have been refreshed after their expiry.
+func fixedLeadLate(expiry, imported []time.Time, c config) int {
+	type job struct{ due, exp time.Time }
+	jobs := make([]job, len(expiry))
+	for i, e := range expiry {
+		lead := c.lead
+		if c.jitter > 0 {
+			lead += time.Duration(mrand.Int64N(int64(c.jitter)))
+		}
+		if half := e.Sub(imported[i]) / 2; lead > half {
+			lead = max(half, 0)
+		}
+		jobs[i] = job{e.Add(-lead), e}
+	}
+	sort.SliceStable(jobs, func(a, b int) bool { return jobs[a].due.Before(jobs[b].due) })
+	step := time.Duration(float64(time.Second) / (c.rate * float64(c.replicas)))
+	var t time.Time
+	late := 0
+	for _, j := range jobs {
+		if t.Before(j.due) {
+			t = j.due
+		}
+		t = t.Add(step)
+		if t.After(j.exp) {
+			late++
+		}
+	}
+	return late
 }
 
 // tokenproxyEnv is what every tokenproxy process gets, import included.
@@ -442,6 +663,8 @@ func (b *bench) tokenproxyEnv() []string {
 		"TOKENPROXY_ENCRYPTION_KEYS=" + b.encKey,
 		"TOKENPROXY_REFRESH_BEFORE=" + c.lead.String(),
 		"TOKENPROXY_REFRESH_JITTER=" + c.jitter.String(),
+		// The import plans with it too.
+		"TOKENPROXY_REFRESH_RATE=" + strconv.FormatFloat(c.rate, 'f', -1, 64),
 	}
 }
 
@@ -541,8 +764,12 @@ func (b *bench) collect(ctx context.Context, res *result, rdb *redis.Client, sim
 			rr.metricsCPU, rr.metricsErr = metricValue(body, "process_cpu_seconds_total")
 			rr.refreshes = sumMetric(body, "tokenproxy_refreshes_total")
 			rr.lostRotations, _ = metricValue(body, "tokenproxy_lost_rotations_total")
+			rr.shortfall, _ = metricValue(body, "tokenproxy_refresh_plan_shortfall_total")
 		}
 		res.replicas = append(res.replicas, rr)
+	}
+	if err := b.get(ctx, b.simURL+"/sim/ledger", &res.ledger); err != nil {
+		logf("warning: GET /sim/ledger: %v", err)
 	}
 	res.simCPU, _ = proc.CPUSeconds(sim.PID())
 	res.redisCPU, _ = proc.CPUSeconds(rp.PID())
@@ -567,10 +794,18 @@ type result struct {
 	importOutput                    string
 	redisKeysAfterImport            int64
 	firstExpiry, lastExpiry         time.Time
-	replicasUp                      time.Time
-	firstRefresh, lastRefresh       time.Time
-	stats                           simStats
-	ended                           string
+	expiryTimes, importedAt         []time.Time // every seeded token's access expiry, and when its import began
+	fixedLate                       int         // fixedLeadLate of the run's inputs
+	ledger                          simLedger
+	// Counters before the import, after it, at the start of the refresh
+	// phase (after the idle measurement) and at the end.
+	atStart, afterImport, phaseStart, atEnd snapshot
+	idleDelta                               delta
+	memorySample                            string
+	replicasUp                              time.Time
+	firstRefresh, lastRefresh               time.Time
+	stats                                   simStats
+	ended                                   string
 
 	replicas               []replicaResult
 	simCPU, redisCPU       float64
@@ -588,6 +823,15 @@ type replicaResult struct {
 	rssKiB        int64
 	refreshes     map[string]float64 // tokenproxy_refreshes_total by label set
 	lostRotations float64
+	shortfall     float64 // tokenproxy_refresh_plan_shortfall_total
+}
+
+// simLedger is the part of walletsim's /sim/ledger the benchmark reads.
+type simLedger struct {
+	Presentations         int64 `json:"presentations"`
+	Represented           int64 `json:"represented"`
+	RepresentedAfterKnown int64 `json:"representedAfterKnownOutcome"`
+	Overlapping           int64 `json:"overlapping"`
 }
 
 func (r *result) before() int64 {
@@ -602,6 +846,9 @@ func (r *result) failures() []string {
 	var out []string
 	if n := r.stats.RefreshTokensReused; n > 0 {
 		out = append(out, fmt.Sprintf("%d refresh tokens presented again (USED_REFRESH_TOKEN)", n))
+	}
+	if n := r.ledger.Represented; n > 0 {
+		out = append(out, fmt.Sprintf("%d refresh-token presentations of a token processed before (walletsim's ledger)", n))
 	}
 	if b := r.before(); b < int64(r.cfg.customers) {
 		out = append(out, fmt.Sprintf("%d of %d customers refreshed before their access token expired (%s)",
@@ -631,13 +878,18 @@ func (r *result) rows() [][2]string {
 	calls := st.refreshCalls()
 	refreshed := r.before() + st.RefreshesAfterAccessExpiry
 	rows := [][2]string{
-		{"customers", fmt.Sprintf("%d in %d batches, access expiries %s to %s after the start",
-			c.customers, batches, round(r.firstExpiry.Sub(r.date)), round(r.lastExpiry.Sub(r.date)))},
+		{"customers", fmt.Sprintf("%d in %d batches (profile %s), access expiries %s to %s after the start",
+			c.customers, batches, c.profile, round(r.firstExpiry.Sub(r.date)), round(r.lastExpiry.Sub(r.date)))},
 		{"replicas × refresh rate", fmt.Sprintf("%d × %g/s (lead %s, jitter %s)", c.replicas, c.rate, c.lead, c.jitter)},
 		{"refreshed before expiry", fmt.Sprintf("%d (%s)", r.before(), pct(r.before(), cust))},
 		{"late refreshes", fmt.Sprintf("%d, worst %d ms after expiry", st.RefreshesAfterAccessExpiry, st.MaxRefreshLatenessMs)},
 		{"customers never refreshed", fmt.Sprintf("%d", max(0, cust-refreshed))},
 		{"duplicates (refreshTokensReused)", fmt.Sprintf("%d", st.RefreshTokensReused)},
+		{"walletsim ledger", fmt.Sprintf("%d presentations, %d of a token presented before, %d after a known outcome, %d overlapping",
+			r.ledger.Presentations, r.ledger.Represented, r.ledger.RepresentedAfterKnown, r.ledger.Overlapping)},
+		{"a fixed lead would have missed", fmt.Sprintf("%d of %d (%s; simulated on these expiry times at %d × %g/s, due order, lead %s + random jitter up to %s)",
+			r.fixedLate, c.customers, pct(int64(r.fixedLate), cust), c.replicas, c.rate, c.lead, c.jitter)},
+		{"plan shortfall (tokenproxy_refresh_plan_shortfall_total)", fmt.Sprintf("%.0f in the replicas (the import's own are in its log)", r.shortfall())},
 		{"REFRESH_TOKEN calls", fmt.Sprintf("%d (%s; %d answered S)", calls, beyond(calls, cust), st.Refreshes)},
 	}
 	rate := "n/a"
@@ -645,6 +897,10 @@ func (r *result) rows() [][2]string {
 		rate = fmt.Sprintf("%.1f/s over %s (first to last refresh, ±%s)", float64(calls)/span.Seconds(), round(span), pollEvery)
 	}
 	rows = append(rows, [2]string{"wallet refresh calls/s", rate})
+	if d := r.idleDelta; d.span > 0 {
+		rows = append(rows, [2]string{"idle scheduler (nothing due)", fmt.Sprintf("%.1f Redis commands/s per replica over %s (%d replicas, %d refreshes in it; %s per second in all); Redis CPU %.1f %%, tokenproxy CPU %.1f %% (both replicas)",
+			float64(d.total)/d.span.Seconds()/float64(c.replicas), round(d.span), c.replicas, d.refreshes, d.byCommand(d.span.Seconds()), 100*d.redisCPU/d.span.Seconds(), 100*d.proxyCPU/d.span.Seconds())})
+	}
 
 	var procSum, metSum float64
 	var procParts, metParts, rss, split []string
@@ -679,11 +935,23 @@ func (r *result) rows() [][2]string {
 		[2]string{"walletsim CPU", fmt.Sprintf("%.1f s", r.simCPU)},
 		[2]string{"redis-server CPU", fmt.Sprintf("%.1f s", r.redisCPU)},
 		[2]string{"import", fmt.Sprintf("%d pairs in %s (%.0f/s; %.1f s CPU; /sim/seed took %s)",
-			c.customers, round2(r.importTime), float64(c.customers)/r.importTime.Seconds(), r.importCPU.Seconds(), round2(r.seedTime))},
+			c.customers+c.idle, round2(r.importTime), float64(c.customers+c.idle)/r.importTime.Seconds(), r.importCPU.Seconds(), round2(r.seedTime))},
 		[2]string{"redis memory", fmt.Sprintf("used_memory_human %s (peak %s), %d keys (%d after import)", r.redisMemory, r.redisPeak, r.redisKeys, r.redisKeysAfterImport)},
+		[2]string{"redis bytes per customer", fmt.Sprintf("%.0f (used_memory after the import and -idle-wait − before the import, / %d customers)",
+			float64(r.afterImport.usedMemory-r.atStart.usedMemory)/float64(c.customers+c.idle), c.customers+c.idle)},
+		[2]string{"redis MEMORY USAGE", r.memorySample},
+		[2]string{"per refresh (refresh phase, all-in)", r.phaseStart.to(r.atEnd).perRefresh()},
 		[2]string{"wall time", fmt.Sprintf("%s (%s)", round(r.wall), r.ended)},
 	)
 	return rows
+}
+
+func (r *result) shortfall() float64 {
+	var n float64
+	for _, rr := range r.replicas {
+		n += rr.shortfall
+	}
+	return n
 }
 
 // refreshOutcomes sums tokenproxy_refreshes_total over the replicas, by
