@@ -134,6 +134,19 @@ func (p *pendingWrites) writeAll(ctx context.Context) int {
 			p.r.cache.put(&rec, snap)
 			p.r.storeOK()
 			p.r.log.Info("refresh outcome written after the store came back", "customer", w.lease.CustomerID, "outcome", w.outcome.Kind)
+		case errors.Is(err, tokencache.ErrConflict) && w.outcome.Kind == tokencache.Refreshed:
+			wctx, cancel := context.WithTimeout(ctx, storeWriteTimeout)
+			ours, err := p.confirm(wctx, w)
+			cancel()
+			switch {
+			case err != nil:
+				left++
+				continue
+			case ours:
+				p.r.log.Info("refresh outcome written after the store came back", "customer", w.lease.CustomerID, "outcome", w.outcome.Kind)
+			default:
+				p.r.log.Info("kept pair superseded by a delete or a new exchange", "customer", w.lease.CustomerID)
+			}
 		case errors.Is(err, tokencache.ErrNotFound), errors.Is(err, tokencache.ErrConflict):
 			p.r.log.Info("kept pair superseded by a delete or a new exchange", "customer", w.lease.CustomerID)
 		default:
@@ -147,4 +160,29 @@ func (p *pendingWrites) writeAll(ctx context.Context) int {
 		p.mu.Unlock()
 	}
 	return left
+}
+
+// confirm handles a kept pair whose Complete was refused because the
+// record no longer holds the spent refresh token. That is a newer write,
+// or this pair's own earlier write: one that landed on the Redis master
+// while too few replicas acknowledged it (WaitReplicas), whose retry now
+// finds it. Such a pair would be lost if the master failed before its
+// replicas caught up, so it is kept until a write the replicas do
+// acknowledge follows it on the same master (replication is in order): the
+// record rewritten as it is. confirm reports whether the stored record is
+// this pair (and is now acknowledged); an error means "keep it, try again".
+func (p *pendingWrites) confirm(ctx context.Context, w pendingWrite) (bool, error) {
+	cur, err := p.r.cfg.Store.Get(ctx, w.lease.CustomerID)
+	switch {
+	case errors.Is(err, tokencache.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
+	case cur.RefreshToken.Reveal() != w.rec.RefreshToken.Reveal():
+		return false, nil // refreshed again, exchanged or replaced since
+	}
+	if _, err := tokencache.CompareAndSwap(ctx, p.r.cfg.Store, cur, cur.Generation); err != nil {
+		return false, err
+	}
+	return true, nil
 }

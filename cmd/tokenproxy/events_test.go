@@ -33,13 +33,14 @@ type eventReceiver struct {
 	acked    []map[string]any         // acknowledged events, in order
 	failN    map[string]int           // customer -> attempts still to fail
 	hold     map[string]chan struct{} // customer -> held until closed (or hang-up)
+	hungUp   map[string]int           // customer -> held attempts whose sender went away
 }
 
 var signatureFormat = regexp.MustCompile(`^t=[0-9]+,v1=[0-9a-f]{64}$`)
 
 func newEventReceiver(t *testing.T, sp *spec, secret string) *eventReceiver {
 	r := &eventReceiver{t: t, sp: sp, secret: []byte(secret), attempts: map[string]int{},
-		failN: map[string]int{}, hold: map[string]chan struct{}{}}
+		failN: map[string]int{}, hold: map[string]chan struct{}{}, hungUp: map[string]int{}}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(r.srv.Close)
 	return r
@@ -78,6 +79,9 @@ func (r *eventReceiver) serve(w http.ResponseWriter, req *http.Request) {
 		select {
 		case <-hold:
 		case <-req.Context().Done():
+			r.mu.Lock()
+			r.hungUp[customer]++
+			r.mu.Unlock()
 			return // the sender went away: not acknowledged
 		}
 	}
@@ -286,9 +290,24 @@ func TestEvents(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // polling with a deadline
 	}
 	sender.Kill()
-	rcv.mu.Lock()
-	delete(rcv.hold, "ev-kill")
-	rcv.mu.Unlock()
+	// The held attempt ends when the server notices the hang-up, which
+	// happens after the kill, asynchronously: only then release the hold,
+	// or a late release would acknowledge the attempt of the dead sender.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		rcv.mu.Lock()
+		gone := rcv.hungUp["ev-kill"]
+		if gone > 0 {
+			delete(rcv.hold, "ev-kill")
+		}
+		rcv.mu.Unlock()
+		if gone > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed sender's attempt was never hung up")
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
 	close(release)
 	killed := wantEvent(t, rcv.waitAcked(t, "ev-kill", 1), "reauthorization_required", "EXPIRED_REFRESH_TOKEN")
 	if killed["id"] != killID || rcv.attemptsOf(killID) < 2 {
