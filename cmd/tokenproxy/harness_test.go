@@ -266,21 +266,7 @@ var appClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256
 func tryDo(method, url, body string, hdr map[string]string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := appClient.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
+	return doCtx(ctx, method, url, body, hdr)
 }
 
 func resultCode(body []byte) string {
