@@ -1,6 +1,7 @@
 package tokencache
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -282,3 +283,26 @@ type Listed struct {
 	// LeaseUntil is the refresh lease's end (zero: none).
 	LeaseUntil time.Time
 }
+
+// Outbox is a store's side of event delivery (internal/events): the hint of
+// buckets with work, the per-bucket delivery lease, the expiry schedule and
+// the outbox itself. Both stores implement it.
+type Outbox interface {
+	Buckets() int
+	EventsDue(ctx context.Context, now time.Time, limit int) ([]BucketHint, error)
+	EventsProbe(ctx context.Context, buckets []int) ([]BucketProbe, error)
+	EventsHint(ctx context.Context, bucket int, at time.Time) error
+	EventsRehint(ctx context.Context, bucket int, was, next time.Time) error
+	EventsDefer(ctx context.Context, bucket int, until time.Time) error
+	EventsLease(ctx context.Context, bucket int, ttl time.Duration) (string, error)
+	EventsRenew(ctx context.Context, bucket int, fence string, ttl time.Duration) error
+	EventsRelease(ctx context.Context, bucket int, fence string) error
+	EventsMoveExpiring(ctx context.Context, bucket int, horizon time.Duration, max int) (int, error)
+	EventsHead(ctx context.Context, bucket int) (*Event, error)
+	EventsAck(ctx context.Context, bucket int, fence string, ev *Event) (int, error)
+}
+
+var (
+	_ Outbox = (*Redis)(nil)
+	_ Outbox = (*Memory)(nil)
+)

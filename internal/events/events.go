@@ -37,20 +37,7 @@ import (
 )
 
 // Outbox is what the deliverer needs of a store (both tokencache stores).
-type Outbox interface {
-	Buckets() int
-	EventsDue(ctx context.Context, now time.Time, limit int) ([]tokencache.BucketHint, error)
-	EventsProbe(ctx context.Context, buckets []int) ([]tokencache.BucketProbe, error)
-	EventsHint(ctx context.Context, bucket int, at time.Time) error
-	EventsRehint(ctx context.Context, bucket int, was, next time.Time) error
-	EventsDefer(ctx context.Context, bucket int, until time.Time) error
-	EventsLease(ctx context.Context, bucket int, ttl time.Duration) (string, error)
-	EventsRenew(ctx context.Context, bucket int, fence string, ttl time.Duration) error
-	EventsRelease(ctx context.Context, bucket int, fence string) error
-	EventsMoveExpiring(ctx context.Context, bucket int, horizon time.Duration, max int) (int, error)
-	EventsHead(ctx context.Context, bucket int) (*tokencache.Event, error)
-	EventsAck(ctx context.Context, bucket int, fence string, ev *tokencache.Event) (int, error)
-}
+type Outbox = tokencache.Outbox
 
 // Secret is the HMAC key of the signature. It cannot print itself.
 type Secret []byte
