@@ -313,8 +313,14 @@ func TestEvents(t *testing.T) {
 	if killed["id"] != killID || rcv.attemptsOf(killID) < 2 {
 		t.Fatalf("after the kill: acknowledged %v after %d attempts, want id %s again", killed["id"], rcv.attemptsOf(killID), killID)
 	}
-	if !strings.Contains(string(other.Logs()), `"msg":"event delivered","event_id":"`+killID+`"`) {
-		t.Errorf("the surviving replica did not log the delivery of %s", killID)
+	// The survivor logs the delivery after the receiver answered, through
+	// a pipe: look for it a while.
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(string(other.Logs()), `"msg":"event delivered","event_id":"`+killID+`"`); {
+		if time.Now().After(deadline) {
+			t.Errorf("the surviving replica did not log the delivery of %s", killID)
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
 	}
 
 	// Every event was acknowledged once, with a distinct id, and sent once
