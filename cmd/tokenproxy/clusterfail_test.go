@@ -75,13 +75,7 @@ func TestClusterFailover(t *testing.T) {
 	cluster := testenv.StartClusterWithReplicas(t, 3, 1)
 	bins := testenv.Binaries(t)
 	keys := testenv.WriteKeyFiles(t)
-	simAddr := testenv.FreeAddr(t)
-	sim := testenv.Start(t, "walletsim", bins.Walletsim, []string{
-		"WALLETSIM_LISTEN_ADDR=" + simAddr,
-		"WALLETSIM_CLIENT_PUBLIC_KEY_FILE=" + keys.MerchantPublic,
-		"WALLETSIM_PRIVATE_KEY_FILE=" + keys.WalletPrivate,
-		"WALLETSIM_CLIENT_ID=TEST_CLIENT",
-	})
+	sim, simAddr := startWalletsim(t, bins, keys)
 	simURL := "http://" + simAddr
 	testenv.WaitReady(t, simURL+"/sim/stats", 20*time.Second, sim)
 

@@ -42,13 +42,8 @@ type proxyProc struct {
 func newHarness(t *testing.T, simEnv ...string) *harness {
 	t.Helper()
 	h := &harness{t: t, bins: testenv.Binaries(t), keys: testenv.WriteKeyFiles(t)}
-	addr := testenv.FreeAddr(t)
-	h.sim = testenv.Start(t, "walletsim", h.bins.Walletsim, append([]string{
-		"WALLETSIM_LISTEN_ADDR=" + addr,
-		"WALLETSIM_CLIENT_PUBLIC_KEY_FILE=" + h.keys.MerchantPublic,
-		"WALLETSIM_PRIVATE_KEY_FILE=" + h.keys.WalletPrivate,
-		"WALLETSIM_CLIENT_ID=TEST_CLIENT",
-	}, simEnv...))
+	var addr string
+	h.sim, addr = startWalletsim(t, h.bins, h.keys, simEnv...)
 	h.simURL = "http://" + addr
 	testenv.WaitReady(t, h.simURL+"/sim/stats", 20*time.Second, h.sim)
 	h.tap = newTap(t, h.simURL)
@@ -56,6 +51,19 @@ func newHarness(t *testing.T, simEnv ...string) *harness {
 	_, _ = rand.Read(key)
 	h.encKey = base64.StdEncoding.EncodeToString(key)
 	return h
+}
+
+// startWalletsim starts walletsim on a free loopback port with the test
+// keys and client id, plus env; it does not wait for it to serve.
+func startWalletsim(t *testing.T, bins testenv.Bins, keys testenv.KeyFiles, env ...string) (*testenv.Process, string) {
+	t.Helper()
+	addr := testenv.FreeAddr(t)
+	return testenv.Start(t, "walletsim", bins.Walletsim, append([]string{
+		"WALLETSIM_LISTEN_ADDR=" + addr,
+		"WALLETSIM_CLIENT_PUBLIC_KEY_FILE=" + keys.MerchantPublic,
+		"WALLETSIM_PRIVATE_KEY_FILE=" + keys.WalletPrivate,
+		"WALLETSIM_CLIENT_ID=TEST_CLIENT",
+	}, env...)), addr
 }
 
 // in returns the harness for use in subtest t: the same processes, with

@@ -30,13 +30,7 @@ func TestMemoryBoundUnderLoad(t *testing.T) {
 	)
 	bins := testenv.PlainBinaries(t)
 	keys := testenv.WriteKeyFiles(t)
-	simAddr := testenv.FreeAddr(t)
-	sim := testenv.Start(t, "walletsim", bins.Walletsim, []string{
-		"WALLETSIM_LISTEN_ADDR=" + simAddr,
-		"WALLETSIM_CLIENT_PUBLIC_KEY_FILE=" + keys.MerchantPublic,
-		"WALLETSIM_PRIVATE_KEY_FILE=" + keys.WalletPrivate,
-		"WALLETSIM_CLIENT_ID=TEST_CLIENT",
-	})
+	sim, simAddr := startWalletsim(t, bins, keys)
 	simURL := "http://" + simAddr
 	testenv.WaitReady(t, simURL+"/sim/stats", 20*time.Second, sim)
 	if status, body, _ := do(t, "POST", simURL+"/sim/faults", `{"path":"/v1/users/inquiryUserInfo","latency":"1500ms"}`, nil); status != 200 {

@@ -26,14 +26,7 @@ func TestWalletOverTLSReusesConnections(t *testing.T) {
 	bins := testenv.Binaries(t)
 	keys := testenv.WriteKeyFiles(t)
 	certFile := filepath.Join(t.TempDir(), "walletsim.crt")
-	simAddr := testenv.FreeAddr(t)
-	sim := testenv.Start(t, "walletsim", bins.Walletsim, []string{
-		"WALLETSIM_LISTEN_ADDR=" + simAddr,
-		"WALLETSIM_CLIENT_PUBLIC_KEY_FILE=" + keys.MerchantPublic,
-		"WALLETSIM_PRIVATE_KEY_FILE=" + keys.WalletPrivate,
-		"WALLETSIM_CLIENT_ID=TEST_CLIENT",
-		"WALLETSIM_TLS_CERT_OUT=" + certFile,
-	})
+	sim, simAddr := startWalletsim(t, bins, keys, "WALLETSIM_TLS_CERT_OUT="+certFile)
 	if err := sim.WaitLog("scheme=https", 20*time.Second); err != nil {
 		t.Fatalf("walletsim over https: %v", err)
 	}
