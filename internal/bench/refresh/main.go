@@ -433,18 +433,10 @@ func (b *bench) seedAndImport(ctx context.Context, res *result) error {
 			n += c.customers % batches
 		}
 		ttl := c.lead + c.jitter + c.head + time.Duration(i)*(c.window/batches)
-		req, _ := json.Marshal(map[string]any{
-			"count":              n,
-			"prefix":             fmt.Sprintf("b%d-", i),
-			"accessTtl":          ttl.String(),
-			"refreshedAccessTtl": c.accessTTL.String(),
-		})
-		t0 := time.Now()
-		ndjson, err := b.post(ctx, b.simURL+"/sim/seed", req, 10*time.Minute)
+		ndjson, err := b.seed(ctx, res, n, fmt.Sprintf("b%d-", i), ttl, c.accessTTL)
 		if err != nil {
 			return fmt.Errorf("seed batch %d: %w", i, err)
 		}
-		res.seedTime += time.Since(t0)
 		lines, lo, hi, all, err := expiries(ndjson)
 		if err != nil {
 			return fmt.Errorf("seed batch %d: %w", i, err)
@@ -522,18 +514,10 @@ func (b *bench) seedIdle(ctx context.Context, res *result) error {
 		if i == chunks-1 {
 			n += c.idle % chunks
 		}
-		req, _ := json.Marshal(map[string]any{
-			"count":              n,
-			"prefix":             fmt.Sprintf("i%d-", i),
-			"accessTtl":          (3*time.Hour + time.Duration(i)*time.Hour).String(),
-			"refreshedAccessTtl": c.accessTTL.String(),
-		})
-		t0 := time.Now()
-		ndjson, err := b.post(ctx, b.simURL+"/sim/seed", req, 10*time.Minute)
+		ndjson, err := b.seed(ctx, res, n, fmt.Sprintf("i%d-", i), 3*time.Hour+time.Duration(i)*time.Hour, c.accessTTL)
 		if err != nil {
 			return fmt.Errorf("seed idle chunk %d: %w", i, err)
 		}
-		res.seedTime += time.Since(t0)
 		if err := b.importNDJSON(ctx, res, ndjson, n); err != nil {
 			return fmt.Errorf("idle chunk %d: %w", i, err)
 		}
@@ -545,6 +529,22 @@ func (b *bench) seedIdle(ctx context.Context, res *result) error {
 }
 
 // importNDJSON pipes one seeded chunk into `tokenproxy import -`.
+// seed asks walletsim for n authorized customers named prefix + number,
+// their access tokens living accessTTL (refreshedTTL once refreshed), and
+// returns their pairs as NDJSON; the time it took counts in res.seedTime.
+func (b *bench) seed(ctx context.Context, res *result, n int, prefix string, accessTTL, refreshedTTL time.Duration) ([]byte, error) {
+	req, _ := json.Marshal(map[string]any{
+		"count":              n,
+		"prefix":             prefix,
+		"accessTtl":          accessTTL.String(),
+		"refreshedAccessTtl": refreshedTTL.String(),
+	})
+	t0 := time.Now()
+	ndjson, err := b.post(ctx, b.simURL+"/sim/seed", req, 10*time.Minute)
+	res.seedTime += time.Since(t0)
+	return ndjson, err
+}
+
 func (b *bench) importNDJSON(ctx context.Context, res *result, ndjson []byte, n int) error {
 	cmd := exec.CommandContext(ctx, b.cfg.tokenproxy, "import", "-")
 	cmd.Dir = b.dir
